@@ -1,0 +1,1 @@
+"""Authentication and authorization: every credential resolves to one ``Principal``."""

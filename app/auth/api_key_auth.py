@@ -1,0 +1,71 @@
+"""Resolving a presented API key (``X-api-key`` or ``Authorization: Bearer``) to a principal."""
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.api_keys import key_matches, split_prefix
+from app.db import utcnow
+from app.errors import NotAuthenticated
+from app.models import ApiKey, Membership, User
+
+if TYPE_CHECKING:
+    from app.auth.principal import Principal
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+async def resolve_api_key(session: AsyncSession, raw_key: str) -> "Principal | None":
+    """The key's principal; None for an unknown, revoked or expired key. Raises 401 with the
+    SPEC's messages when the key is fine but its user is inactive or no longer a member."""
+    from app.auth.principal import Principal
+
+    prefix = split_prefix(raw_key)
+    if prefix is None:
+        return None
+    row = (
+        await session.execute(
+            select(ApiKey, User.is_active, User.email, Membership.role)
+            .join(User, User.id == ApiKey.user_id)
+            .outerjoin(
+                Membership,
+                (Membership.team_id == ApiKey.team_id) & (Membership.user_id == ApiKey.user_id),
+            )
+            .where(ApiKey.prefix == prefix)
+        )
+    ).first()
+    if row is None:
+        return None
+    key, is_active, email, role = row
+    now = utcnow()
+    if (
+        not key_matches(raw_key, key.key_hash)
+        or key.revoked_at is not None
+        or (key.expires_at is not None and key.expires_at <= now)
+    ):
+        return None
+    if not is_active:
+        raise NotAuthenticated("User inactive or deleted.")
+    if role is None:
+        raise NotAuthenticated("Incorrect authentication credentials.")
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        # At most one write a minute per key, not one per request.
+        await session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == key.id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION),
+            )
+            .values(last_used_at=now)
+        )
+    return Principal(
+        kind="api_key",
+        team_id=key.team_id,
+        user_id=key.user_id,
+        user_email=email,
+        role=role,
+        read_only=key.read_only,
+        credential_id=f"api_key:{key.id}",
+    )

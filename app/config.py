@@ -1,0 +1,75 @@
+"""Settings, read once from ``CHATBOTS_*`` environment variables (and a ``.env`` file).
+
+Nothing else in the code reads ``os.environ``; everything configurable is a field here.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chatbots.db"
+# Used only by the embedded default (SQLite file, no SECRET_KEY given). Anywhere else a real key
+# is required: see ``Settings.require_secret_key``.
+EMBEDDED_SECRET_KEY = "embedded-default-not-secret-change-me"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATBOTS_", env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: str = ""
+    database_pool_size: int = 20
+    database_max_overflow: int = 20
+
+    # Request limits (SPEC §3.1).
+    max_body_bytes: int = 1024 * 1024
+    max_message_chars: int = 32_000
+
+    # LLM layer (SPEC §5.4): per-attempt timeout, retries of transient errors, and a bound on
+    # the total time one completion may take including retries.
+    llm_timeout_seconds: float = 60.0
+    llm_max_retries: int = 2
+    llm_total_timeout_seconds: float = 90.0
+
+    # A conversation turn holds a per-session lease so that messages of one session are
+    # processed one at a time even across processes; a crashed process's lease expires.
+    session_lease_seconds: float = 120.0
+
+    # The embedded default's demo chatbot. Unset: the offline ``echo`` model, unless an
+    # OpenAI/Anthropic key is found (read through these aliases, not CHATBOTS_-prefixed).
+    demo_model: str | None = None
+    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+
+    log_level: str = "INFO"
+    # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
+    # (run ``chatbots db upgrade`` once per release).
+    auto_migrate: bool | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def effective_secret_key(self) -> str:
+        """The key that encrypts provider secrets. Required outside the embedded SQLite default."""
+        if self.secret_key:
+            return self.secret_key
+        if self.is_sqlite:
+            return EMBEDDED_SECRET_KEY
+        raise RuntimeError(
+            "CHATBOTS_SECRET_KEY must be set when the database is not the embedded SQLite default."
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,93 @@
+"""Engine, sessions and the few dialect differences between PostgreSQL and SQLite."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_recycle=1800
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, foreign keys, and BEGIN IMMEDIATE.
+
+    SQLite's deferred transactions fail at once with "database is locked" when a reader upgrades
+    to a writer while another writer is active; taking the write lock at BEGIN makes concurrent
+    transactions queue on the busy timeout instead. Transactions here are short (never held
+    across an LLM call), so serialising them is cheap.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One request, one database session: committed on success, rolled back on error."""
+    async with request.app.state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def insert_or_get(
+    session: AsyncSession,
+    find: Callable[[], Awaitable[T | None]],
+    build: Callable[[], T],
+) -> T:
+    """Get a row, or create it; safe against a concurrent creator of the same unique row.
+
+    The insert runs in a savepoint: if another transaction won the race, the unique constraint
+    fails, the savepoint rolls back and the winner's row is read instead.
+    """
+    found = await find()
+    if found is not None:
+        return found
+    row = build()
+    try:
+        async with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        found = await find()
+        if found is None:
+            raise
+        return found
+    return row

@@ -1,0 +1,113 @@
+"""Domain errors and the one error envelope (SPEC §3.1): ``{"detail": "..."}``.
+
+Services raise these without knowing about HTTP; ``install_error_handlers`` maps them (and
+FastAPI's own errors) to statuses and JSON bodies.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    status_code = 400
+    detail = "Bad request."
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, **self.extra}
+
+
+class BadRequest(DomainError):
+    status_code = 400
+
+
+class NotAuthenticated(DomainError):
+    status_code = 401
+    detail = "Authentication credentials were not provided."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+class PermissionDenied(DomainError):
+    status_code = 403
+    detail = "You do not have permission to perform this action."
+
+
+class NotFound(DomainError):
+    status_code = 404
+    detail = "Not found."
+
+
+class Conflict(DomainError):
+    status_code = 409
+    detail = "A request with this Idempotency-Key is already in progress."
+
+
+class ProviderFailed(DomainError):
+    status_code = 502
+
+
+class ProviderTimedOut(DomainError):
+    status_code = 504
+
+
+class ServiceUnavailable(DomainError):
+    status_code = 503
+    detail = "Service temporarily unavailable."
+    retry_after_seconds = 5
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(self.retry_after_seconds)}
+
+
+def invalid_body(errors: dict[str, list[str]]) -> BadRequest:
+    return BadRequest("Invalid request body.", errors=errors)
+
+
+def error_response(exc: DomainError) -> ORJSONResponse:
+    return ORJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> ORJSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        return ORJSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors: dict[str, list[str]] = {}
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"][1:]) or "non_field_errors"
+            errors.setdefault(field, []).append(err["msg"])
+        return error_response(invalid_body(errors))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(OSError)
+    async def _database_down(_: Request, exc: Exception) -> ORJSONResponse:
+        # Connection refused / database gone: a failing dependency, not a bug. The pool's
+        # pre-ping reconnects by itself once the database is back.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return error_response(ServiceUnavailable())

@@ -1,0 +1,92 @@
+"""``create_app()``: middleware, routers, error handlers and the lifespan (engine, HTTP client)."""
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings, get_settings
+from app.db import make_engine, make_sessionmaker
+from app.errors import install_error_handlers
+from app.llm import LlmClient
+from app.routers import channels, health
+from app.routers.openapi_docs import install_openapi
+
+DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply.
+
+Authenticate with an API key (`X-api-key` header, or `Authorization: Bearer <key>`).
+Errors are JSON: `{"detail": "..."}`; validation errors are 400 with an `errors` object."""
+
+
+class RequestIdMiddleware:
+    """Every response carries ``X-Request-ID``: the client's, or a new one (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = next(
+            (v.decode("latin-1")[:200] for k, v in scope["headers"] if k == b"x-request-id"),
+            None,
+        ) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"], (b"x-request-id", request_id.encode("latin-1"))
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database_url, settings.database_pool_size, settings.database_max_overflow
+        )
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+        async with httpx.AsyncClient(limits=limits) as http_client:
+            app.state.engine = engine
+            app.state.sessionmaker = make_sessionmaker(engine)
+            app.state.http_client = http_client
+            app.state.llm = LlmClient(
+                http_client,
+                timeout=settings.llm_timeout_seconds,
+                max_retries=settings.llm_max_retries,
+                total_timeout=settings.llm_total_timeout_seconds,
+            )
+            try:
+                yield
+            finally:
+                await engine.dispose()
+
+    app = FastAPI(
+        title="Chatbots API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(channels.router)
+    install_openapi(app)
+    return app

@@ -1,0 +1,53 @@
+"""Run Alembic migrations from code (``chatbots db upgrade`` and the embedded default)."""
+
+import asyncio
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import REPO_ROOT
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config(str(REPO_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    cfg.attributes["database_url"] = database_url
+    return cfg
+
+
+async def upgrade_database(engine: AsyncEngine) -> None:
+    """Upgrade to head on the given engine's database (idempotent)."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+
+    def _upgrade(connection) -> None:  # type: ignore[no-untyped-def]
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_upgrade)
+
+
+async def is_at_head(engine: AsyncEngine) -> bool:
+    heads = set(ScriptDirectory.from_config(alembic_config(str(engine.url))).get_heads())
+
+    def _current(connection) -> set[str]:  # type: ignore[no-untyped-def]
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current) == heads
+
+
+def upgrade_database_sync(database_url: str) -> None:
+    from app.db import make_engine
+
+    async def _run() -> None:
+        engine = make_engine(database_url, pool_size=1, max_overflow=0)
+        try:
+            await upgrade_database(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(_run())

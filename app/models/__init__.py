@@ -1,0 +1,21 @@
+"""All models, imported here so that ``Base.metadata`` knows every table."""
+
+from app.models.base import Base
+from app.models.chatbot import Channel, Chatbot, HistoryMode, LlmProvider, Platform
+from app.models.conversation import (
+    ENDED_STATUSES,
+    ChatMessage,
+    ChatSession,
+    IdempotencyRecord,
+    MessageRole,
+    Participant,
+    ParticipantData,
+    SessionStatus,
+)
+from app.models.team import ApiKey, Membership, Role, Team, User
+
+__all__ = [
+    "ENDED_STATUSES", "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot",
+    "HistoryMode", "IdempotencyRecord", "LlmProvider", "Membership", "MessageRole",
+    "Participant", "ParticipantData", "Platform", "Role", "SessionStatus", "Team", "User",
+]  # fmt: skip

@@ -1,0 +1,136 @@
+"""The Chatbots v1 conversation endpoints: ``incoming_message``, plain and version-pinned."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path
+
+from app.auth.principal import PrincipalDep, require_interact
+from app.config import Settings
+from app.db import SessionDep
+from app.errors import NotFound
+from app.routers.body import json_body
+from app.routers.deps import LlmDep, SettingsDep
+from app.routers.openapi_docs import error_responses, request_body
+from app.schemas import ApiMessage, ApiResponseMessage
+from app.services.conversation import handle_incoming_message
+from app.services.idempotency import request_fingerprint, run_idempotent
+
+router = APIRouter(tags=["Channels"])
+
+
+def _check_message(body: ApiMessage, settings: Settings) -> dict[str, list[str]]:
+    if not body.message.strip():
+        return {"message": ["This field may not be blank."]}
+    if len(body.message) > settings.max_message_chars:
+        return {
+            "message": [f"Ensure this field has no more than {settings.max_message_chars} characters."]
+        }
+    return {}
+
+
+ApiMessageBody = Annotated[ApiMessage, Depends(json_body(ApiMessage, _check_message))]
+ExperimentId = Annotated[str, Path(description="Experiment ID")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Repeat a request with the same key to get the first response again "
+        "without a second turn (409 while the first is still in flight).",
+    ),
+]
+
+_OPERATION: dict[str, Any] = {
+    "response_model": ApiResponseMessage,
+    "responses": error_responses(400, 401, 403, 404, 405, 409, 413, 415, 502, 503, 504),
+    "openapi_extra": request_body("ApiMessage"),
+}
+
+
+async def _incoming(
+    db: SessionDep,
+    llm: LlmDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    experiment_id: str,
+    version: int | None,
+    body: ApiMessage,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    require_interact(principal)
+
+    async def turn() -> dict[str, Any]:
+        result = await handle_incoming_message(
+            db, llm, settings, principal,
+            experiment_id=experiment_id, version=version,
+            message=body.message, session_external_id=body.session,
+        )  # fmt: skip
+        return {
+            "response": result.response,
+            "attachments": result.attachments,
+            "session_id": result.session_id,
+        }
+
+    if idempotency_key is None:
+        return await turn()
+    return await run_idempotent(
+        db,
+        credential=principal.credential_id,
+        key=idempotency_key,
+        fingerprint=request_fingerprint(
+            f"{experiment_id}/{version}", body.model_dump(mode="json")
+        ),
+        stale_after=settings.session_lease_seconds,
+        operation=turn,
+    )
+
+
+@router.post(
+    "/channels/api/{experiment_id}/incoming_message",
+    summary="New API Message",
+    operation_id="new_api_message",
+    **_OPERATION,
+)
+@router.post("/channels/api/{experiment_id}/incoming_message/", include_in_schema=False)
+async def new_api_message(
+    principal: PrincipalDep,
+    body: ApiMessageBody,
+    db: SessionDep,
+    llm: LlmDep,
+    settings: SettingsDep,
+    experiment_id: ExperimentId,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Send a user's message to the chatbot's published version and get its reply."""
+    return await _incoming(db, llm, settings, principal, experiment_id, None, body, idempotency_key)
+
+
+@router.post(
+    "/channels/api/{experiment_id}/v{version}/incoming_message",
+    summary="New API Message Versioned",
+    operation_id="new_api_message_versioned",
+    **_OPERATION,
+)
+@router.post("/channels/api/{experiment_id}/v{version}/incoming_message/", include_in_schema=False)
+async def new_api_message_versioned(
+    principal: PrincipalDep,
+    body: ApiMessageBody,
+    db: SessionDep,
+    llm: LlmDep,
+    settings: SettingsDep,
+    experiment_id: ExperimentId,
+    version: Annotated[
+        str,
+        Path(
+            description="Version number: 0 for the published version; the working version's "
+            "number for the unreleased draft.",
+            json_schema_extra={"type": "integer"},
+        ),
+    ],
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Send a user's message to one version of the chatbot and get its reply."""
+    if not version.isdigit():
+        raise NotFound(f"Chatbot version {version} not found.")
+    return await _incoming(
+        db, llm, settings, principal, experiment_id, int(version), body, idempotency_key
+    )

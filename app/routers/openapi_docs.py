@@ -1,0 +1,107 @@
+"""The OpenAPI document (SPEC §3): the seed's schema names, statuses and security schemes."""
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.schemas import ApiMessage, ErrorResponse, ProviderErrorResponse, ValidationErrorResponse
+
+_DESCRIPTIONS = {
+    400: "Invalid request body, JSON parse error, or a request the chatbot cannot serve.",
+    401: "No credential, or an invalid, revoked or expired one.",
+    403: "The credential may not do this (read-only key, missing scope, role).",
+    404: "No such chatbot, version or session in the credential's team.",
+    405: "Method not allowed.",
+    409: "A request with this Idempotency-Key is still in flight.",
+    413: "Request body too large.",
+    415: "Content type is not JSON.",
+    502: "The language model provider failed. The user's message is kept.",
+    503: "The database is unavailable; retry after `Retry-After` seconds.",
+    504: "The language model provider timed out. The user's message is kept.",
+}
+_MODELS: dict[int, type] = {400: ValidationErrorResponse, 502: ProviderErrorResponse,
+                            504: ProviderErrorResponse}  # fmt: skip
+
+SCOPES = {
+    "chatbots:read": "Read chatbots",
+    "chatbots:interact": "Converse with a chatbot and trigger bot messages",
+    "sessions:read": "Read sessions",
+    "sessions:write": "Write sessions",
+    "files:read": "Read files",
+    "participants:read": "Read participants",
+    "participants:write": "Write participants",
+}
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "OAuth2": {
+        "type": "oauth2",
+        "flows": {
+            "authorizationCode": {
+                "authorizationUrl": "/o/authorize/",
+                "tokenUrl": "/o/token/",
+                "scopes": SCOPES,
+            }
+        },
+    },
+    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
+    "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+    "embedKeyAuth": {"type": "apiKey", "in": "header", "name": "X-Embed-Key"},
+    "tokenAuth": {"type": "http", "scheme": "bearer"},
+}
+
+# The schemes the endpoints accept today. OAuth2, cookieAuth and embedKeyAuth are declared
+# above (SPEC §3) and join this list as their resolvers land in app/auth/principal.py.
+CHANNEL_SECURITY: list[dict[str, list[str]]] = [{"apiKeyAuth": []}, {"tokenAuth": []}]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {"description": _DESCRIPTIONS[code], "model": _MODELS.get(code, ErrorResponse)}
+        for code in codes
+    }
+
+
+def request_body(schema_name: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+            },
+        }
+    }
+
+
+BODY_SCHEMAS = (ApiMessage,)
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=[{"name": "Channels"}],
+        )
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for model in BODY_SCHEMAS:  # bodies are parsed by a dependency, so declare them here
+            schemas[model.__name__] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+        components["securitySchemes"] = SECURITY_SCHEMES
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                if "Channels" in operation.get("tags", []):
+                    operation["security"] = CHANNEL_SECURITY
+                operation.get("responses", {}).pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422: not ours
+            schemas.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

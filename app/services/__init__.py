@@ -1,0 +1,1 @@
+"""The domain: conversation turns, versions, participants, administration. Knows nothing of HTTP."""

@@ -1,0 +1,268 @@
+"""One conversation turn of ``incoming_message`` (SPEC §3.2 steps 3–9, §5.2, §5.3, §3.4).
+
+Transactions are short and never span an LLM call: (1) find the chatbot, participant and session;
+(2) claim the session's turn lease, read the history and store the human message — committed
+before the model is called, so nothing the user sent is lost; (3) call the model with no
+transaction open; (4) store the reply, update the session and release the lease.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.principal import Principal
+from app.config import Settings
+from app.db import utcnow
+from app.errors import PermissionDenied, ProviderFailed, ProviderTimedOut
+from app.llm import Completion, LlmClient, LlmConfig, LlmError, LlmTimeoutError
+from app.models import Chatbot, ChatMessage, ChatSession, HistoryMode, MessageRole, Platform
+from app.models import SessionStatus
+from app.services import prompt
+from app.services.chatbots import find_chatbot, parse_public_id, resolve_version
+from app.services.llm_config import PROVIDER_FAILED, llm_config_for
+from app.services.participants import get_participant, get_team_api_channel, load_participant_data
+from app.services.sessions import end_session, open_session, resolve_session, turn_lease
+
+NOT_ALLOWED_REPLY = "Sorry, you are not allowed to chat to this bot"
+RESET_REPLY = "Conversation reset"
+RESET_COMMAND = "/reset"
+CONSENT_YES = "1"
+SUMMARIZE_BATCH = 10  # older messages are folded into the summary ten at a time
+NO_USER = "A client-credentials token has no user to chat as; use a user credential."
+
+
+@dataclass
+class TurnResult:
+    response: str
+    session_id: str
+    attachments: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class TurnInput:
+    """What the model is asked to answer, read under the lease before anything is written."""
+
+    history: list[ChatMessage]  # newest first
+    older_unsummarized: list[ChatMessage]  # oldest first (history_mode "summarize" only)
+    user_text: str | None  # None: the last stored human message is the one to answer
+
+
+async def handle_incoming_message(
+    db: AsyncSession,
+    llm: LlmClient,
+    settings: Settings,
+    principal: Principal,
+    *,
+    experiment_id: str,
+    version: int | None,
+    message: str,
+    session_external_id: str | None,
+) -> TurnResult:
+    if principal.user_id is None or principal.user_email is None:
+        raise PermissionDenied(NO_USER)
+    head = await find_chatbot(db, principal.team_id, parse_public_id(experiment_id))
+    bot = await resolve_version(db, head, version)
+    channel = await get_team_api_channel(db, principal.team_id)
+    participant = await get_participant(
+        db, principal.team_id, Platform.api, principal.user_email, principal.user_id
+    )
+    chat = await resolve_session(
+        db, head=head, channel=channel, participant=participant, external_id=session_external_id
+    )
+    session_id = chat.external_id
+    if not _is_allowed(bot, participant.identifier, principal):
+        await db.commit()
+        return TurnResult(NOT_ALLOWED_REPLY, session_id)
+    if not channel.enabled:
+        await db.commit()
+        return TurnResult(channel.disabled_message or "", session_id)
+    await db.commit()
+
+    async with turn_lease(db, chat.id, settings.session_lease_seconds) as lease:
+        await db.refresh(chat)  # another turn may have changed it while we queued
+        if message.strip().lower() == RESET_COMMAND:
+            end_session(chat)
+            lease.held = False
+            await db.flush()
+            new_chat = await open_session(db, head=head, channel=channel, participant=participant)
+            await db.commit()
+            return TurnResult(RESET_REPLY, new_chat.external_id)
+
+        if bot.has_consent and chat.status in (SessionStatus.setup, SessionStatus.pending):
+            consent_reply = _consent_step(db, chat, bot, message)
+            if consent_reply is not None:
+                lease.release_with(chat)
+                await db.commit()
+                return TurnResult(consent_reply, session_id)
+            # Consent given: answer the participant's first message (or the seed message).
+            turn = await _read_turn_input(db, chat, bot, user_text=bot.seed_message or None)
+            if bot.seed_message:
+                _add_message(db, chat, MessageRole.human, bot.seed_message, {"seed_message": True})
+        else:
+            turn = await _read_turn_input(db, chat, bot, user_text=message)
+            _add_message(db, chat, MessageRole.human, message)
+        config = await llm_config_for(db, bot, settings.effective_secret_key)
+        participant_data = (
+            await load_participant_data(db, participant.id, head.id)
+            if prompt.needs_participant_data(bot.system_prompt)
+            else None
+        )
+        await db.commit()  # the human message is stored before the model is called
+
+        summary = chat.summary
+        if turn.older_unsummarized and len(turn.older_unsummarized) >= SUMMARIZE_BATCH:
+            summary = await _summarize(llm, config, chat.summary, turn.older_unsummarized)
+        messages = _build_messages(bot, chat, participant_data.data if participant_data else {},
+                                   turn, summary)
+        completion = await _complete(llm, messages, config, session_id)
+
+        if summary != chat.summary:
+            chat.summary = summary
+            chat.summary_until_id = turn.older_unsummarized[-1].id
+        _add_message(db, chat, MessageRole.ai, completion.text, _completion_metadata(completion),
+                     version_label=bot.version_label)
+        chat.status = SessionStatus.active
+        chat.last_activity_at = utcnow()
+        if bot.version_number not in chat.versions_seen:
+            chat.versions_seen = [*chat.versions_seen, bot.version_number]
+        lease.release_with(chat)
+        await db.commit()
+        return TurnResult(completion.text, session_id)
+
+
+def _is_allowed(bot: Chatbot, identifier: str, principal: Principal) -> bool:
+    """An allow-list admits the identifiers on it and the team's members (user credentials
+    always act as a member of the credential's team)."""
+    allowlist = bot.participant_allowlist or []
+    return not allowlist or identifier in allowlist or principal.user_id is not None
+
+
+def _add_message(
+    db: AsyncSession,
+    chat: ChatSession,
+    role: MessageRole,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+    version_label: str | None = None,
+) -> None:
+    db.add(
+        ChatMessage(
+            session_id=chat.id,
+            role=role,
+            content=content,
+            message_metadata=metadata or {},
+            version_label=version_label,
+        )
+    )
+
+
+def _consent_step(db: AsyncSession, chat: ChatSession, bot: Chatbot, message: str) -> str | None:
+    """Conversational consent (SPEC §5.3). Returns the consent prompt to send, or None once
+    the participant has just consented. The first message is kept visible: it is answered
+    after consent; the consent exchange itself is hidden from the model."""
+    consent_prompt = f"{bot.consent_text}\n\n{bot.confirmation_text or ''}".rstrip()
+    hidden = {prompt.HIDDEN: "consent"}
+    if chat.status == SessionStatus.setup:
+        _add_message(db, chat, MessageRole.human, message)
+        chat.status = SessionStatus.pending
+    elif message.strip() == CONSENT_YES:
+        _add_message(db, chat, MessageRole.human, message, hidden)
+        chat.status = SessionStatus.active
+        return None
+    else:
+        _add_message(db, chat, MessageRole.human, message, hidden)
+    _add_message(db, chat, MessageRole.ai, consent_prompt, hidden, version_label=bot.version_label)
+    chat.last_activity_at = utcnow()
+    return consent_prompt
+
+
+async def _read_turn_input(
+    db: AsyncSession, chat: ChatSession, bot: Chatbot, user_text: str | None
+) -> TurnInput:
+    limit = prompt.history_read_limit(bot.history_mode, bot.max_history_length)
+    history = list(
+        (
+            await db.scalars(
+                select(ChatMessage)
+                .where(ChatMessage.session_id == chat.id)
+                .order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
+                .limit(limit)
+            )
+        ).all()
+    ) if limit else []
+    older: list[ChatMessage] = []
+    if bot.history_mode == HistoryMode.summarize and len(history) == limit:
+        query = select(ChatMessage).where(
+            ChatMessage.session_id == chat.id, ChatMessage.id < history[-1].id
+        )
+        if chat.summary_until_id is not None:
+            query = query.where(ChatMessage.id > chat.summary_until_id)
+        older = list(
+            (await db.scalars(query.order_by(ChatMessage.id).limit(prompt.HISTORY_READ_LIMIT))).all()
+        )
+        older = [m for m in older if not m.message_metadata.get(prompt.HIDDEN)]
+    return TurnInput(history=history, older_unsummarized=older, user_text=user_text)
+
+
+def _build_messages(
+    bot: Chatbot,
+    chat: ChatSession,
+    participant_data: dict[str, Any],
+    turn: TurnInput,
+    summary: str | None,
+) -> list[dict[str, str]]:
+    system = prompt.render_system_prompt(
+        bot.system_prompt,
+        participant_data=participant_data,
+        session_state=chat.state,
+        source_material=bot.source_material,
+    )
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    if summary:
+        messages.append(prompt.summary_message(summary))
+    if summary == chat.summary and turn.older_unsummarized:
+        # Too few to fold into the summary yet: show them as they are.
+        messages.extend(prompt.to_openai(m) for m in turn.older_unsummarized)
+    reserved = sum(prompt.estimate_tokens(m["content"]) for m in messages)
+    if turn.user_text is not None:
+        reserved += prompt.estimate_tokens(turn.user_text)
+    messages.extend(prompt.select_history(turn.history, bot.history_mode, bot.token_limit, reserved))
+    if turn.user_text is not None:
+        messages.append({"role": "user", "content": turn.user_text})
+    return messages
+
+
+async def _summarize(
+    llm: LlmClient, config: LlmConfig, previous: str | None, older: list[ChatMessage]
+) -> str | None:
+    try:
+        completion = await llm.complete(prompt.summary_request(previous, older), config)
+    except LlmError:
+        return previous  # keep the old summary; the next turn tries again
+    return completion.text
+
+
+async def _complete(
+    llm: LlmClient, messages: list[dict[str, str]], config: LlmConfig, session_id: str
+) -> Completion:
+    try:
+        return await llm.complete(messages, config)
+    except LlmTimeoutError as exc:
+        raise ProviderTimedOut(PROVIDER_FAILED.format(reason=exc.reason), session_id=session_id)
+    except LlmError as exc:
+        raise ProviderFailed(PROVIDER_FAILED.format(reason=exc.reason), session_id=session_id)
+
+
+def _completion_metadata(completion: Completion) -> dict[str, Any]:
+    return {
+        "model": completion.model,
+        "latency_ms": round(completion.latency_ms, 1),
+        "usage": {
+            "prompt_tokens": completion.usage.prompt_tokens,
+            "completion_tokens": completion.usage.completion_tokens,
+            "total_tokens": completion.usage.total_tokens,
+        },
+        "cost_usd": completion.cost_usd,
+    }

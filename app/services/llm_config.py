@@ -1,0 +1,30 @@
+"""Turning a chatbot version and its provider row into an ``LlmConfig`` for the LLM layer."""
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.crypto import decrypt_config
+from app.errors import ProviderFailed
+from app.llm import LlmConfig
+from app.models import Chatbot, LlmProvider
+
+PROVIDER_FAILED = "The language model provider failed: {reason}"
+
+
+async def llm_config_for(session: AsyncSession, bot: Chatbot, secret_key: str) -> LlmConfig:
+    provider = (
+        await session.get(LlmProvider, bot.llm_provider_id) if bot.llm_provider_id else None
+    )
+    if provider is None:
+        raise ProviderFailed(PROVIDER_FAILED.format(reason="this chatbot has no LLM provider."))
+    config = decrypt_config(provider.config, secret_key)
+    api_key = config.pop("api_key", None)
+    api_base = config.pop("api_base", None)
+    return LlmConfig(
+        provider_type=provider.type,
+        model=bot.llm_model,
+        api_key=api_key,
+        api_base=api_base,
+        temperature=bot.temperature,
+        max_tokens=bot.max_tokens,
+        extra=config,
+    )

@@ -1,0 +1,142 @@
+"""Building what the model sees (SPEC §5.2): the system prompt and the history.
+
+The system prompt is a template. Known variables (``{participant_data}``, ``{current_datetime}``,
+``{session_state}``, ``{page_context}``, ``{source_material}``) are replaced, with dotted access
+into the JSON ones (``{participant_data.address.city}``); a missing key renders empty. Any other
+``{...}`` is left as written, so prompts may contain literal braces (JSON examples, code).
+
+Token counts are estimated (about four characters a token): the history modes only need a bound,
+and a tokenizer per model would cost start-up time and memory for little gain.
+"""
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from app.models import ChatMessage, HistoryMode, MessageRole
+
+VARIABLE = re.compile(r"\{(participant_data|current_datetime|session_state|page_context|source_material)((?:\.[A-Za-z0-9_\-]+)*)\}")
+SUMMARIZE_KEEP = 20
+# Upper bound on messages read for one turn's history, whatever the mode: keeps the query (and
+# the turn's latency) independent of how long the session has been going.
+HISTORY_READ_LIMIT = 400
+HIDDEN = "hidden"  # message metadata key: kept in the record, never shown to the model
+
+ROLE_TO_OPENAI = {MessageRole.human: "user", MessageRole.ai: "assistant", MessageRole.system: "system"}
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // 4 + 4
+
+
+def _render_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _dig(value: Any, path: list[str]) -> Any:
+    for key in path:
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return None
+    return value
+
+
+def current_datetime(participant_data: dict[str, Any], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    tz_name = participant_data.get("timezone")
+    if isinstance(tz_name, str):
+        try:
+            now = now.astimezone(ZoneInfo(tz_name))
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return now.strftime("%A, %d %B %Y %H:%M:%S %Z")
+
+
+def render_system_prompt(
+    template: str,
+    *,
+    participant_data: dict[str, Any],
+    session_state: dict[str, Any],
+    source_material: str,
+    now: datetime | None = None,
+) -> str:
+    if "{" not in template:
+        return template
+    roots: dict[str, Any] = {
+        "participant_data": participant_data,
+        "session_state": session_state,
+        "page_context": session_state.get("page_context"),
+        "source_material": source_material,
+    }
+
+    def substitute(match: re.Match[str]) -> str:
+        name, dotted = match.group(1), match.group(2)
+        if name == "current_datetime":
+            return current_datetime(participant_data, now)
+        return _render_value(_dig(roots[name], dotted.split(".")[1:]))
+
+    return VARIABLE.sub(substitute, template)
+
+
+def needs_participant_data(template: str) -> bool:
+    return "{participant_data" in template or "{current_datetime" in template
+
+
+def history_read_limit(mode: str, max_history_length: int) -> int:
+    if mode == HistoryMode.max_history_length:
+        return max(0, min(max_history_length, HISTORY_READ_LIMIT))
+    if mode == HistoryMode.summarize:
+        return SUMMARIZE_KEEP
+    return HISTORY_READ_LIMIT
+
+
+def select_history(
+    messages: Sequence[ChatMessage], mode: str, token_limit: int, reserved_tokens: int
+) -> list[dict[str, str]]:
+    """Oldest-first chat messages for the model. ``messages`` is newest-first, as read."""
+    visible = [m for m in messages if not m.message_metadata.get(HIDDEN)]
+    chosen: list[ChatMessage] = []
+    if mode == HistoryMode.truncate_tokens:
+        budget = token_limit - reserved_tokens
+        for message in visible:
+            budget -= estimate_tokens(message.content)
+            if budget < 0:
+                break
+            chosen.append(message)
+    else:
+        chosen = visible
+    return [to_openai(m) for m in reversed(chosen)]
+
+
+def to_openai(message: ChatMessage) -> dict[str, str]:
+    return {"role": ROLE_TO_OPENAI.get(MessageRole(message.role), "user"), "content": message.content}
+
+
+SUMMARY_INSTRUCTION = (
+    "Summarise the conversation below for the assistant's own memory: keep names, facts, "
+    "decisions and open questions. Output only the summary."
+)
+
+
+def summary_request(previous: str | None, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    transcript = "\n".join(f"{m.role}: {m.content}" for m in messages)
+    if previous:
+        transcript = f"Summary so far: {previous}\n\n{transcript}"
+    return [
+        {"role": "system", "content": SUMMARY_INSTRUCTION},
+        {"role": "user", "content": transcript},
+    ]
+
+
+def summary_message(summary: str) -> dict[str, str]:
+    return {"role": "system", "content": f"Summary of the earlier conversation: {summary}"}
