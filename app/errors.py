@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -80,23 +80,23 @@ def invalid_body(errors: dict[str, list[str]]) -> BadRequest:
     return BadRequest("Invalid request body.", errors=errors)
 
 
-def error_response(exc: DomainError) -> ORJSONResponse:
-    return ORJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+def error_response(exc: DomainError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> ORJSONResponse:
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
-        return ORJSONResponse(
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors: dict[str, list[str]] = {}
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"][1:]) or "non_field_errors"
@@ -106,7 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
-    async def _database_down(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         # Connection refused / database gone: a failing dependency, not a bug. The pool's
         # pre-ping reconnects by itself once the database is back.
         log.warning("database unavailable: %s", type(exc).__name__)

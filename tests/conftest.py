@@ -19,3 +19,49 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     upgrade_database_sync(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> "Settings":
+    from app.config import Settings
+
+    return Settings(
+        database_url=database_url,
+        secret_key="test-secret-key",
+        llm_timeout_seconds=5,
+        llm_total_timeout_seconds=8,
+        llm_max_retries=1,
+        _env_file=None,
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings):  # type: ignore[no-untyped-def]
+    from app.main import create_app
+
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def client(app):  # type: ignore[no-untyped-def]
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def db(app):  # type: ignore[no-untyped-def]
+    """The app's own sessionmaker, for arranging rows and checking what was written."""
+    return app.state.sessionmaker
+
+
+@pytest.fixture
+async def world(db, fake_llm, settings):  # type: ignore[no-untyped-def]
+    """A fresh team with an admin, a write key and a published chatbot on the fake LLM."""
+    from tests.factories import make_world
+
+    return await make_world(db, settings, api_base=fake_llm.base_url)
