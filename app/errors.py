@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,17 @@ def install_error_handlers(app: FastAPI) -> None:
             errors.setdefault(field, []).append(err["msg"])
         return error_response(invalid_body(errors))
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
     @app.exception_handler(OSError)
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # Connection refused / database gone: a failing dependency, not a bug. The pool's
+        if isinstance(exc, DBAPIError) and not _is_unavailable(exc):
+            raise exc  # a bug (constraint, SQL error): let it be a logged 500, not a 503
+        # Connection refused / database gone / pool exhausted: a failing dependency. The pool's
         # pre-ping reconnects by itself once the database is back.
         log.warning("database unavailable: %s", type(exc).__name__)
         return error_response(ServiceUnavailable())
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))

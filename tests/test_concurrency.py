@@ -1,0 +1,102 @@
+"""Concurrent requests: one session per participant, one turn at a time per session, and
+Idempotency-Key replay. The LLM answers slowly (fake server, 300 ms) so requests overlap."""
+
+import asyncio
+
+from sqlalchemy import func, select
+
+from app.models import ChatMessage, ChatSession
+from tests.factories import make_world
+
+
+async def _count(db, model, **where) -> int:  # type: ignore[no-untyped-def]
+    async with db() as s:
+        q = select(func.count()).select_from(model)
+        for k, v in where.items():
+            q = q.where(getattr(model, k) == v)
+        return await s.scalar(q)
+
+
+async def test_two_simultaneous_first_messages_create_one_session(client, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url, model="latency-300")
+    a, b = await asyncio.gather(
+        client.post(world.url, json={"message": "first A"}, headers=world.headers),
+        client.post(world.url, json={"message": "first B"}, headers=world.headers),
+    )
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    assert a.json()["session_id"] == b.json()["session_id"]
+    assert await _count(db, ChatSession, team_id=world.team.id) == 1
+
+
+async def test_messages_in_one_session_are_processed_one_after_the_other(client, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url, model="latency-300")
+    first = await client.post(world.url, json={"message": "start"}, headers=world.headers)
+    sid = first.json()["session_id"]
+    texts = ["concurrent one", "concurrent two", "concurrent three"]
+    responses = await asyncio.gather(
+        *(client.post(world.url, json={"message": t, "session": sid}, headers=world.headers) for t in texts)
+    )
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    async with db() as s:
+        chat = await s.scalar(select(ChatSession).where(ChatSession.external_id == sid))
+        rows = (await s.scalars(select(ChatMessage).where(ChatMessage.session_id == chat.id).order_by(ChatMessage.id))).all()
+    roles = [m.role for m in rows]
+    # Strict alternation: no human message was stored while another turn was in flight.
+    assert roles == ["human", "ai"] * 4
+    # Each later turn saw the earlier ones in its history.
+    sent = {r["messages"][-1]["content"]: r for r in fake_llm.requests() if r["messages"][-1]["content"] in texts}
+    seen = sorted(len(sent[t]["messages"]) for t in texts)
+    assert seen == [4, 6, 8]  # system + history + new message, growing by one turn each time
+    assert chat.lease_until is None
+
+
+async def test_idempotency_key_replays_the_first_response_without_a_second_turn(client, world, db):
+    headers = {**world.headers, "Idempotency-Key": "order-42"}
+    first = await client.post(world.url, json={"message": "pay once"}, headers=headers)
+    again = await client.post(world.url, json={"message": "pay once"}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    async with db() as s:
+        chat = await s.scalar(select(ChatSession).where(ChatSession.external_id == first.json()["session_id"]))
+    assert await _count(db, ChatMessage, session_id=chat.id) == 2
+
+
+async def test_idempotency_key_in_flight_repeat_gets_409(client, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url, model="latency-400")
+    headers = {**world.headers, "Idempotency-Key": "slow-1"}
+    first, second = await asyncio.gather(
+        client.post(world.url, json={"message": "slow"}, headers=headers),
+        _after(0.15, client.post(world.url, json={"message": "slow"}, headers=headers)),
+    )
+    assert first.status_code == 200
+    assert second.status_code == 409
+    assert second.json() == {"detail": "A request with this Idempotency-Key is already in progress."}
+
+
+async def test_idempotency_key_with_a_different_body_is_rejected(client, world):
+    headers = {**world.headers, "Idempotency-Key": "k-1"}
+    assert (await client.post(world.url, json={"message": "a"}, headers=headers)).status_code == 200
+    r = await client.post(world.url, json={"message": "b"}, headers=headers)
+    assert r.status_code == 400
+    assert r.json() == {"detail": "This Idempotency-Key was already used with a different request."}
+
+
+async def test_failed_request_releases_its_idempotency_key(client, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url, model="fail-500")
+    headers = {**world.headers, "Idempotency-Key": "retry-me"}
+    assert (await client.post(world.url, json={"message": "x"}, headers=headers)).status_code == 502
+    assert (await client.post(world.url, json={"message": "x"}, headers=headers)).status_code == 502
+
+
+async def test_idempotency_keys_are_scoped_to_the_credential(client, db, settings, fake_llm):
+    one = await make_world(db, settings, api_base=fake_llm.base_url)
+    two = await make_world(db, settings, api_base=fake_llm.base_url)
+    r1 = await client.post(one.url, json={"message": "same"}, headers={**one.headers, "Idempotency-Key": "shared"})
+    r2 = await client.post(two.url, json={"message": "same"}, headers={**two.headers, "Idempotency-Key": "shared"})
+    assert r1.status_code == r2.status_code == 200
+    assert r1.json()["session_id"] != r2.json()["session_id"]
+
+
+async def _after(delay: float, coro):  # type: ignore[no-untyped-def]
+    await asyncio.sleep(delay)
+    return await coro

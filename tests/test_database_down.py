@@ -1,0 +1,105 @@
+"""A database that is unavailable answers 503 with Retry-After, and the service recovers by
+itself when the database comes back (no restart)."""
+
+import asyncio
+import contextlib
+import os
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.main import create_app
+from app.migrate import upgrade_database_sync
+from tests.factories import make_world
+
+UNAVAILABLE = {"detail": "Service temporarily unavailable."}
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings):  # type: ignore[no-untyped-def]
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield app, client
+
+
+async def test_sqlite_database_missing_then_created(tmp_path, fake_llm):
+    # Runs on every backend: the embedded default is SQLite.
+    url = f"sqlite+aiosqlite:///{tmp_path}/not-yet/db.sqlite"
+    settings = Settings(database_url=url, secret_key="k", _env_file=None)
+    async with _running(settings) as (app, client):
+        r = await client.post(
+            "/channels/api/00000000-0000-0000-0000-000000000000/incoming_message",
+            json={"message": "hi"}, headers={"X-api-key": "abcdefgh." + "x" * 40},
+        )  # fmt: skip
+        assert r.status_code == 503
+        assert r.json() == UNAVAILABLE
+        assert r.headers["retry-after"] == "5"
+
+        (tmp_path / "not-yet").mkdir()
+        await asyncio.to_thread(upgrade_database_sync, url)
+        world = await make_world(app.state.sessionmaker, settings, api_base=fake_llm.base_url)
+        r = await client.post(world.url, json={"message": "back"}, headers=world.headers)
+        assert r.status_code == 200, r.text
+
+
+class _Proxy:
+    """A loopback TCP proxy to PostgreSQL that can be cut and restored."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CHATBOTS_TEST_DATABASE_URL", "").startswith("postgresql"),
+    reason="needs the PostgreSQL test server",
+)
+async def test_postgres_connection_lost_then_restored(database_url, fake_llm):
+    real = make_url(database_url)
+    proxy = _Proxy(real.host or "127.0.0.1", real.port or 5432)
+    await proxy.start()
+    url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = Settings(database_url=url, secret_key="k", _env_file=None)
+    async with _running(settings) as (app, client):
+        world = await make_world(app.state.sessionmaker, settings, api_base=fake_llm.base_url)
+        assert (await client.post(world.url, json={"message": "up"}, headers=world.headers)).status_code == 200
+
+        await proxy.cut()
+        r = await client.post(world.url, json={"message": "down"}, headers=world.headers)
+        assert r.status_code == 503, r.text
+        assert r.json() == UNAVAILABLE and "retry-after" in r.headers
+
+        await proxy.start()  # same port: the database "returns"
+        r = await client.post(world.url, json={"message": "up again"}, headers=world.headers)
+        assert r.status_code == 200, r.text
+        await proxy.cut()
