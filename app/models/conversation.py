@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import utcnow
@@ -113,6 +113,9 @@ class ChatMessage(Base):
     content: Mapped[str] = mapped_column(Text)
     message_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     version_label: Mapped[str | None] = mapped_column(String(30))
+    # Kept in the record, never shown to the model (the consent exchange). A column, not a
+    # metadata key, so the bounded history query can skip these rows in SQL.
+    hidden: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -62,7 +62,7 @@ async def get_team(session: AsyncSession, slug: str) -> Team:
 
 
 async def team_slugs(session: AsyncSession) -> dict[int, str]:
-    return dict((await session.execute(select(Team.id, Team.slug))).tuples().all())
+    return dict((await session.execute(select(Team.id, Team.slug))).all())
 
 
 # --- teams -----------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ async def list_api_keys(session: AsyncSession, team_slug: str | None = None) -> 
         query = query.where(ApiKey.team_id == (await get_team(session, team_slug)).id)
     now = utcnow()
     summaries = []
-    for key, slug, email in (await session.execute(query)).tuples():
+    for key, slug, email in (await session.execute(query)):
         if key.revoked_at is not None:
             status = "revoked"
         elif key.expires_at is not None and key.expires_at <= now:

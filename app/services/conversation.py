@@ -146,6 +146,7 @@ def _add_message(
     content: str,
     metadata: dict[str, Any] | None = None,
     version_label: str | None = None,
+    hidden: bool = False,
 ) -> None:
     db.add(
         ChatMessage(
@@ -154,6 +155,7 @@ def _add_message(
             content=content,
             message_metadata=metadata or {},
             version_label=version_label,
+            hidden=hidden,
         )
     )
 
@@ -163,17 +165,18 @@ def _consent_step(db: AsyncSession, chat: ChatSession, bot: Chatbot, message: st
     the participant has just consented. The first message is kept visible: it is answered
     after consent; the consent exchange itself is hidden from the model."""
     consent_prompt = f"{bot.consent_text}\n\n{bot.confirmation_text or ''}".rstrip()
-    hidden = {prompt.HIDDEN: "consent"}
     if chat.status == SessionStatus.setup:
         _add_message(db, chat, MessageRole.human, message)
         chat.status = SessionStatus.pending
     elif message.strip() == CONSENT_YES:
-        _add_message(db, chat, MessageRole.human, message, hidden)
+        _add_message(db, chat, MessageRole.human, message, hidden=True)
         chat.status = SessionStatus.active
         return None
     else:
-        _add_message(db, chat, MessageRole.human, message, hidden)
-    _add_message(db, chat, MessageRole.ai, consent_prompt, hidden, version_label=bot.version_label)
+        _add_message(db, chat, MessageRole.human, message, hidden=True)
+    _add_message(
+        db, chat, MessageRole.ai, consent_prompt, hidden=True, version_label=bot.version_label
+    )
     chat.last_activity_at = utcnow()
     return consent_prompt
 
@@ -186,7 +189,7 @@ async def _read_turn_input(
         (
             await db.scalars(
                 select(ChatMessage)
-                .where(ChatMessage.session_id == chat.id)
+                .where(ChatMessage.session_id == chat.id, ChatMessage.hidden.is_(False))
                 .order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
                 .limit(limit)
             )
@@ -195,14 +198,15 @@ async def _read_turn_input(
     older: list[ChatMessage] = []
     if bot.history_mode == HistoryMode.summarize and len(history) == limit:
         query = select(ChatMessage).where(
-            ChatMessage.session_id == chat.id, ChatMessage.id < history[-1].id
+            ChatMessage.session_id == chat.id,
+            ChatMessage.id < history[-1].id,
+            ChatMessage.hidden.is_(False),
         )
         if chat.summary_until_id is not None:
             query = query.where(ChatMessage.id > chat.summary_until_id)
         older = list(
             (await db.scalars(query.order_by(ChatMessage.id).limit(prompt.HISTORY_READ_LIMIT))).all()
         )
-        older = [m for m in older if not m.message_metadata.get(prompt.HIDDEN)]
     return TurnInput(history=history, older_unsummarized=older, user_text=user_text)
 
 

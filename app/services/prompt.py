@@ -23,7 +23,6 @@ SUMMARIZE_KEEP = 20
 # Upper bound on messages read for one turn's history, whatever the mode: keeps the query (and
 # the turn's latency) independent of how long the session has been going.
 HISTORY_READ_LIMIT = 400
-HIDDEN = "hidden"  # message metadata key: kept in the record, never shown to the model
 
 ROLE_TO_OPENAI = {MessageRole.human: "user", MessageRole.ai: "assistant", MessageRole.system: "system"}
 
@@ -104,7 +103,7 @@ def select_history(
     messages: Sequence[ChatMessage], mode: str, token_limit: int, reserved_tokens: int
 ) -> list[dict[str, str]]:
     """Oldest-first chat messages for the model. ``messages`` is newest-first, as read."""
-    visible = [m for m in messages if not m.message_metadata.get(HIDDEN)]
+    visible = [m for m in messages if not m.hidden]
     chosen: list[ChatMessage] = []
     if mode == HistoryMode.truncate_tokens:
         budget = token_limit - reserved_tokens

@@ -1,0 +1,145 @@
+"""Administration of channels: a chatbot's connection to one platform (SPEC §2, §6).
+
+Secrets in channel configs (tokens, keys, passwords) are encrypted at rest; listings mask them.
+Functions flush but never commit: the caller owns the transaction.
+"""
+
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.errors import BadRequest, NotFound
+from app.models import Channel, Chatbot, Platform
+from app.services.admin_chatbots import (
+    clean_config,
+    encrypt_secrets,
+    get_chatbot_head,
+    mask_config,
+)
+from app.services.admin_identity import add_unique, get_team, team_slugs
+
+# A widget token is public (it sits in web pages) but must be unguessable: 32 URL-safe chars.
+WIDGET_TOKEN_BYTES = 24
+
+
+def _channel_config(platform: Platform, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    cleaned = clean_config(config)
+    domains = cleaned.get("allowed_domains")
+    if isinstance(domains, str):
+        cleaned["allowed_domains"] = [d.strip() for d in domains.split(",") if d.strip()]
+    if platform == Platform.embedded_widget and not cleaned.get("widget_token"):
+        cleaned["widget_token"] = secrets.token_urlsafe(WIDGET_TOKEN_BYTES)
+    return cleaned
+
+
+async def create_channel(
+    session: AsyncSession,
+    settings: Settings,
+    chatbot_public_id: str | uuid.UUID,
+    platform: str,
+    name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Channel:
+    """Connect a chatbot to a platform: at most one non-deleted channel per (chatbot, platform).
+
+    ``allowed_domains`` may be given comma-separated; an embedded_widget channel without a
+    ``widget_token`` gets a random one.
+    """
+    try:
+        parsed_platform = Platform((platform or "").strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in Platform)
+        raise BadRequest(f"Unknown platform {platform!r}: choose one of {choices}.") from None
+    channel_config = _channel_config(parsed_platform, config)
+    head = await get_chatbot_head(session, chatbot_public_id)
+    conflict = f"Chatbot {head.public_id} already has a {parsed_platform.value} channel"
+    existing = await session.scalar(
+        select(Channel.id).where(
+            Channel.chatbot_id == head.id,
+            Channel.platform == parsed_platform.value,
+            Channel.deleted.is_(False),
+        )
+    )
+    if existing is not None:
+        raise BadRequest(f"{conflict} (id {existing}).")
+    channel = Channel(
+        team_id=head.team_id,
+        chatbot_id=head.id,
+        platform=parsed_platform.value,
+        name=(name or "").strip() or f"{head.name} ({parsed_platform.value})",
+        config=encrypt_secrets(channel_config, settings),
+    )
+    return await add_unique(session, channel, f"{conflict}.")
+
+
+async def _get_channel(session: AsyncSession, channel_id: int) -> Channel:
+    channel = await session.scalar(
+        select(Channel).where(Channel.id == channel_id, Channel.deleted.is_(False))
+    )
+    if channel is None:
+        raise NotFound(f"No channel with id {channel_id}.")
+    return channel
+
+
+async def set_channel_enabled(
+    session: AsyncSession, channel_id: int, enabled: bool, disabled_message: str | None = None
+) -> Channel:
+    """A disabled channel answers its ``disabled_message`` (or nothing) and sends nothing.
+
+    The message, when given, replaces the stored one; enabling keeps it for the next time.
+    """
+    channel = await _get_channel(session, channel_id)
+    channel.enabled = enabled
+    if disabled_message is not None:
+        channel.disabled_message = disabled_message
+    await session.flush()
+    return channel
+
+
+@dataclass(frozen=True)
+class ChannelSummary:
+    id: int
+    team: str
+    chatbot_public_id: uuid.UUID | None  # None: the team's API channel
+    chatbot_name: str | None
+    platform: str
+    name: str
+    external_id: uuid.UUID
+    enabled: bool
+    disabled_message: str | None
+    config: dict[str, Any]  # secrets masked
+
+
+async def list_channels(
+    session: AsyncSession, team_slug: str | None = None
+) -> list[ChannelSummary]:
+    query = (
+        select(Channel, Chatbot.public_id, Chatbot.name)
+        .outerjoin(Chatbot, Chatbot.id == Channel.chatbot_id)
+        .where(Channel.deleted.is_(False))
+        .order_by(Channel.team_id, Channel.id)
+    )
+    if team_slug is not None:
+        query = query.where(Channel.team_id == (await get_team(session, team_slug)).id)
+    slugs = await team_slugs(session)
+    return [
+        ChannelSummary(
+            id=channel.id,
+            team=slugs[channel.team_id],
+            chatbot_public_id=chatbot_public_id,
+            chatbot_name=chatbot_name,
+            platform=channel.platform,
+            name=channel.name,
+            external_id=channel.external_id,
+            enabled=channel.enabled,
+            disabled_message=channel.disabled_message,
+            config=mask_config(channel.config),
+        )
+        for channel, chatbot_public_id, chatbot_name in await session.execute(query)
+    ]
