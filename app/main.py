@@ -5,7 +5,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,6 +12,7 @@ from app.config import Settings, get_settings
 from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.llm import LlmClient
+from app.llm.http import make_http_client
 from app.routers import channels, health
 from app.routers.openapi_docs import install_openapi
 
@@ -58,8 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(
             settings.database_url, settings.database_pool_size, settings.database_max_overflow
         )
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-        async with httpx.AsyncClient(limits=limits) as http_client:
+        async with make_http_client() as http_client:
             app.state.engine = engine
             app.state.sessionmaker = make_sessionmaker(engine)
             app.state.http_client = http_client

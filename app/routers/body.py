@@ -86,6 +86,17 @@ async def parse_json_body(request: Request, model: type[M], settings: Settings) 
         raise invalid_body(validation_errors(exc)) from None
 
 
+def nul_characters(value: Any, path: str = "") -> dict[str, list[str]]:
+    """Fields holding a NUL character, which PostgreSQL cannot store in text or JSON."""
+    if isinstance(value, str):
+        return {path or "non_field_errors": ["Null characters are not allowed."]} if "\x00" in value else {}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    errors: dict[str, list[str]] = {}
+    for key, item in items:
+        errors.update(nul_characters(item, f"{path}.{key}" if path else str(key)))
+    return errors
+
+
 def json_body(model: type[M], check: Callable[[M, Settings], dict[str, list[str]]] | None = None) -> Any:
     """A dependency returning the validated body; ``check`` adds settings-dependent rules."""
 

@@ -8,7 +8,7 @@ from app.auth.principal import PrincipalDep, require_interact
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import NotFound
-from app.routers.body import json_body
+from app.routers.body import json_body, nul_characters
 from app.routers.deps import LlmDep, SettingsDep
 from app.routers.openapi_docs import error_responses, request_body
 from app.schemas import ApiMessage, ApiResponseMessage
@@ -16,11 +16,14 @@ from app.services.conversation import handle_incoming_message
 from app.services.idempotency import request_fingerprint, run_idempotent
 
 router = APIRouter(tags=["Channels"])
+MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer: anything larger cannot exist
 
 
 def _check_message(body: ApiMessage, settings: Settings) -> dict[str, list[str]]:
     if not body.message.strip():
         return {"message": ["This field may not be blank."]}
+    if errors := nul_characters(body.message, "message"):
+        return errors
     if len(body.message) > settings.max_message_chars:
         return {
             "message": [f"Ensure this field has no more than {settings.max_message_chars} characters."]
@@ -129,7 +132,7 @@ async def new_api_message_versioned(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Send a user's message to one version of the chatbot and get its reply."""
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
         raise NotFound(f"Chatbot version {version} not found.")
     return await _incoming(
         db, llm, settings, principal, experiment_id, int(version), body, idempotency_key

@@ -22,7 +22,7 @@ from app.services.admin_chatbots import (
     get_chatbot_head,
     mask_config,
 )
-from app.services.admin_identity import add_unique, get_team, team_slugs
+from app.services.admin_identity import add_unique, get_team, require_text, team_slugs
 
 # A widget token is public (it sits in web pages) but must be unguessable: 32 URL-safe chars.
 WIDGET_TOKEN_BYTES = 24
@@ -57,7 +57,9 @@ async def create_channel(
         choices = ", ".join(p.value for p in Platform)
         raise BadRequest(f"Unknown platform {platform!r}: choose one of {choices}.") from None
     channel_config = _channel_config(parsed_platform, config)
+    channel_name = require_text(name, "Channel name", 200) if name and name.strip() else None
     head = await get_chatbot_head(session, chatbot_public_id)
+    channel_name = channel_name or f"{head.name} ({parsed_platform.value})"[:200]
     conflict = f"Chatbot {head.public_id} already has a {parsed_platform.value} channel"
     existing = await session.scalar(
         select(Channel.id).where(
@@ -72,13 +74,15 @@ async def create_channel(
         team_id=head.team_id,
         chatbot_id=head.id,
         platform=parsed_platform.value,
-        name=(name or "").strip() or f"{head.name} ({parsed_platform.value})",
+        name=channel_name,
         config=encrypt_secrets(channel_config, settings),
     )
     return await add_unique(session, channel, f"{conflict}.")
 
 
 async def _get_channel(session: AsyncSession, channel_id: int) -> Channel:
+    if not 1 <= channel_id <= 2**63 - 1:
+        raise NotFound(f"No channel with id {channel_id}.")
     channel = await session.scalar(
         select(Channel).where(Channel.id == channel_id, Channel.deleted.is_(False))
     )

@@ -157,6 +157,7 @@ _COLUMNS = {
     "confirmation_text": "confirmation_text",
     "seed_message": "seed_message",
 }
+MAX_INT = 2**31 - 1  # the columns are 32-bit integers on PostgreSQL
 _NULLABLE = {"max_tokens", "consent_text", "confirmation_text", "seed_message"}
 UPDATABLE = frozenset(_COLUMNS) | {"provider_name"}
 
@@ -176,7 +177,7 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
     if not 0 <= temperature <= 2:
         raise BadRequest(f"Temperature must be between 0 and 2, got {v['temperature']}.")
     v["temperature"] = temperature
-    if v["max_tokens"] is not None and v["max_tokens"] < 1:
+    if v["max_tokens"] is not None and not 1 <= v["max_tokens"] <= MAX_INT:
         raise BadRequest("max_tokens must be a positive number (or unset for no limit).")
     try:
         v["history_mode"] = HistoryMode(str(v["history_mode"]).strip().lower()).value
@@ -185,10 +186,9 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(
             f"Unknown history mode {v['history_mode']!r}: choose one of {choices}."
         ) from None
-    if v["max_history_length"] < 1:
-        raise BadRequest("max_history_length must be at least 1.")
-    if v["token_limit"] < 1:
-        raise BadRequest("token_limit must be at least 1.")
+    for field in ("max_history_length", "token_limit"):
+        if not 1 <= v[field] <= MAX_INT:
+            raise BadRequest(f"{field} must be a positive number.")
     allowlist = [v["allowlist"]] if isinstance(v["allowlist"], str) else v["allowlist"]
     v["allowlist"] = [str(item).strip() for item in allowlist if str(item).strip()]
     for field in ("consent_text", "confirmation_text", "seed_message"):

@@ -20,6 +20,7 @@ from app.models import Channel, Chatbot, ChatSession, Participant, SessionStatus
 
 SESSION_NOT_FOUND = "Session not found."
 LEASE_POLL_SECONDS = 0.05
+EXTERNAL_ID_LENGTH = 36
 
 
 async def resolve_session(
@@ -34,6 +35,8 @@ async def resolve_session(
     participant: anything else is the same 404), else the participant's open session with this
     chatbot on this channel, else a new one."""
     if external_id is not None:
+        if len(external_id) > EXTERNAL_ID_LENGTH or "\x00" in external_id:
+            raise NotFound(SESSION_NOT_FOUND)  # cannot exist: don't ask the database
         chat = await session.scalar(
             select(ChatSession).where(
                 ChatSession.external_id == external_id,
