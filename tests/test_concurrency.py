@@ -100,3 +100,21 @@ async def test_idempotency_keys_are_scoped_to_the_credential(client, db, setting
 async def _after(delay: float, coro):  # type: ignore[no-untyped-def]
     await asyncio.sleep(delay)
     return await coro
+
+
+async def test_no_database_connection_is_held_while_the_llm_answers(client, app, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url, model="latency-600")
+    text = f"are you holding a connection {world.team.slug}"
+    turn = asyncio.create_task(client.post(world.url, json={"message": text}, headers=world.headers))
+    for _ in range(200):  # wait until the fake LLM has the request: the turn is mid-call
+        if any(r["messages"][-1]["content"] == text for r in fake_llm.requests()):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the LLM never received the request")
+    assert app.state.engine.pool.checkedout() == 0
+    # ...and the human message is already committed, visible to another connection.
+    async with db() as s:
+        stored = await s.scalar(select(func.count()).select_from(ChatMessage).where(ChatMessage.content == text))
+    assert stored == 1
+    assert (await turn).status_code == 200
