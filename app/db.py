@@ -21,8 +21,11 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20) -> AsyncE
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
+    # No pre-ping: it costs a round trip per checkout (three per turn). A connection found dead
+    # fails its request with a 503 and SQLAlchemy then discards the whole pool, so the service
+    # recovers on its own once the database is back.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_recycle=1800
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
     )
 
 

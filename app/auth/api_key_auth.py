@@ -27,7 +27,11 @@ async def resolve_api_key(session: AsyncSession, raw_key: str) -> "Principal | N
         return None
     row = (
         await session.execute(
-            select(ApiKey, User.is_active, User.email, Membership.role)
+            select(
+                ApiKey.id, ApiKey.team_id, ApiKey.user_id, ApiKey.key_hash, ApiKey.read_only,
+                ApiKey.revoked_at, ApiKey.expires_at, ApiKey.last_used_at,
+                User.is_active, User.email, Membership.role,
+            )  # fmt: skip
             .join(User, User.id == ApiKey.user_id)
             .outerjoin(
                 Membership,
@@ -38,7 +42,7 @@ async def resolve_api_key(session: AsyncSession, raw_key: str) -> "Principal | N
     ).first()
     if row is None:
         return None
-    key, is_active, email, role = row
+    key, (is_active, email, role) = row, row[-3:]
     now = utcnow()
     if (
         not key_matches(raw_key, key.key_hash)

@@ -1,12 +1,14 @@
 """Finding chatbots, resolving versions (SPEC §2.1) and publishing them."""
 
 import uuid
+from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.errors import NotFound
-from app.models import Chatbot
+from app.models import Chatbot, LlmProvider
 
 CHATBOT_NOT_FOUND = "No chatbot matches the given query."
 
@@ -18,46 +20,49 @@ def parse_public_id(raw: str) -> uuid.UUID:
         raise NotFound(CHATBOT_NOT_FOUND) from None
 
 
-async def find_chatbot(session: AsyncSession, team_id: int, public_id: uuid.UUID) -> Chatbot:
-    """The head (working version) of a team's chatbot, not archived; else 404.
+@dataclass(frozen=True)
+class TurnChatbot:
+    head: Chatbot  # the editable head: sessions, participants and channels point at it
+    bot: Chatbot  # the version whose bot config answers this turn
+    provider: LlmProvider | None
 
-    Another team's chatbot answers the same 404 as a missing one.
+
+async def load_turn_chatbot(
+    session: AsyncSession, team_id: int, public_id: uuid.UUID, version: int | None
+) -> TurnChatbot:
+    """The team's chatbot (not archived; another team's is the same 404) with the version that
+    answers (SPEC §2.1) and its provider, in one query.
+
+    None or 0 → the published version, else the working version; N → version N, where N equal
+    to the head's number is the working draft.
     """
-    head = await session.scalar(
-        select(Chatbot).where(
-            Chatbot.public_id == public_id,
-            Chatbot.team_id == team_id,
-            Chatbot.working_version_id.is_(None),
-            Chatbot.is_archived.is_(False),
-        )
-    )
-    if head is None:
-        raise NotFound(CHATBOT_NOT_FOUND)
-    return head
-
-
-async def resolve_version(session: AsyncSession, head: Chatbot, version: int | None) -> Chatbot:
-    """The bot config for one turn: None or 0 → the published version (else the working
-    version); N → version N, where N equal to the head's number is the working draft."""
+    head, ver = aliased(Chatbot), aliased(Chatbot)
     if version is None or version == 0:
-        published = await session.scalar(
-            select(Chatbot).where(
-                Chatbot.working_version_id == head.id, Chatbot.is_published.is_(True)
+        version_match = ver.is_published.is_(True)
+    else:
+        version_match = (ver.version_number == version) & ver.is_archived.is_(False)
+    row = (
+        await session.execute(
+            select(head, ver, LlmProvider)
+            .outerjoin(ver, (ver.working_version_id == head.id) & version_match)
+            .outerjoin(
+                LlmProvider,
+                LlmProvider.id == func.coalesce(ver.llm_provider_id, head.llm_provider_id),
+            )
+            .where(
+                head.public_id == public_id,
+                head.team_id == team_id,
+                head.working_version_id.is_(None),
+                head.is_archived.is_(False),
             )
         )
-        return published or head
-    if version == head.version_number:
-        return head
-    found = await session.scalar(
-        select(Chatbot).where(
-            Chatbot.working_version_id == head.id,
-            Chatbot.version_number == version,
-            Chatbot.is_archived.is_(False),
-        )
-    )
-    if found is None:
+    ).first()
+    if row is None:
+        raise NotFound(CHATBOT_NOT_FOUND)
+    head_row, version_row, provider = row
+    if version_row is None and version not in (None, 0, head_row.version_number):
         raise NotFound(f"Chatbot version {version} not found.")
-    return found
+    return TurnChatbot(head=head_row, bot=version_row or head_row, provider=provider)
 
 
 async def publish_version(

@@ -9,7 +9,7 @@ transaction open; (4) store the reply, update the session and release the lease.
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import Principal
@@ -20,16 +20,18 @@ from app.llm import Completion, LlmClient, LlmConfig, LlmError, LlmTimeoutError
 from app.models import Chatbot, ChatMessage, ChatSession, HistoryMode, MessageRole, Platform
 from app.models import SessionStatus
 from app.services import prompt
-from app.services.chatbots import find_chatbot, parse_public_id, resolve_version
+from app.services.chatbots import load_turn_chatbot, parse_public_id
 from app.services.llm_config import PROVIDER_FAILED, llm_config_for
-from app.services.participants import get_participant, get_team_api_channel, load_participant_data
-from app.services.sessions import end_session, open_session, resolve_session, turn_lease
+from app.services.participants import ApiPlace, get_api_place, load_participant_data
+from app.services.sessions import SessionKey, end_session, open_session, session_turn
 
 NOT_ALLOWED_REPLY = "Sorry, you are not allowed to chat to this bot"
 RESET_REPLY = "Conversation reset"
 RESET_COMMAND = "/reset"
 CONSENT_YES = "1"
 SUMMARIZE_BATCH = 10  # older messages are folded into the summary ten at a time
+# History is read as plain rows, not ORM objects: it is the largest read of a turn.
+HISTORY_COLUMNS = (ChatMessage.id, ChatMessage.role, ChatMessage.content, ChatMessage.hidden)
 NO_USER = "A client-credentials token has no user to chat as; use a user credential."
 
 
@@ -44,8 +46,8 @@ class TurnResult:
 class TurnInput:
     """What the model is asked to answer, read under the lease before anything is written."""
 
-    history: list[ChatMessage]  # newest first
-    older_unsummarized: list[ChatMessage]  # oldest first (history_mode "summarize" only)
+    history: list[Row[Any]]  # newest first: HISTORY_COLUMNS
+    older_unsummarized: list[Row[Any]]  # oldest first (history_mode "summarize" only)
     user_text: str | None  # None: the last stored human message is the one to answer
 
 
@@ -62,74 +64,103 @@ async def handle_incoming_message(
 ) -> TurnResult:
     if principal.user_id is None or principal.user_email is None:
         raise PermissionDenied(NO_USER)
-    head = await find_chatbot(db, principal.team_id, parse_public_id(experiment_id))
-    bot = await resolve_version(db, head, version)
-    channel = await get_team_api_channel(db, principal.team_id)
-    participant = await get_participant(
-        db, principal.team_id, Platform.api, principal.user_email, principal.user_id
-    )
-    chat = await resolve_session(
-        db, head=head, channel=channel, participant=participant, external_id=session_external_id
-    )
-    session_id = chat.external_id
-    if not _is_allowed(bot, participant.identifier, principal):
-        await db.commit()
-        return TurnResult(NOT_ALLOWED_REPLY, session_id)
-    if not channel.enabled:
-        await db.commit()
-        return TurnResult(channel.disabled_message or "", session_id)
-    await db.commit()
+    found = await load_turn_chatbot(db, principal.team_id, parse_public_id(experiment_id), version)
+    head, bot = found.head, found.bot
+    place = await get_api_place(db, principal.team_id, principal.user_email, principal.user_id)
+    key = SessionKey(principal.team_id, head.id, place.channel_id, place.participant_id, Platform.api)
 
-    async with turn_lease(db, chat.id, settings.session_lease_seconds) as lease:
-        await db.refresh(chat)  # another turn may have changed it while we queued
+    async with session_turn(db, key, session_external_id, settings.session_lease_seconds) as lease:
+        chat = lease.chat
+        session_id = chat.external_id
+        gate_reply = _gate_reply(bot, place, principal)
+        if gate_reply is not None:
+            await _write_session(db, chat, lease.release_with({}))
+            await db.commit()
+            return TurnResult(gate_reply, session_id)
         if message.strip().lower() == RESET_COMMAND:
             end_session(chat)
-            lease.held = False
+            lease.release_orm()
             await db.flush()
-            new_chat = await open_session(db, head=head, channel=channel, participant=participant)
+            new_chat = await open_session(db, key)
             await db.commit()
             return TurnResult(RESET_REPLY, new_chat.external_id)
 
         if bot.has_consent and chat.status in (SessionStatus.setup, SessionStatus.pending):
             consent_reply = _consent_step(db, chat, bot, message)
             if consent_reply is not None:
-                lease.release_with(chat)
+                lease.release_orm()
                 await db.commit()
                 return TurnResult(consent_reply, session_id)
             # Consent given: answer the participant's first message (or the seed message).
             turn = await _read_turn_input(db, chat, bot, user_text=bot.seed_message or None)
             if bot.seed_message:
-                _add_message(db, chat, MessageRole.human, bot.seed_message, {"seed_message": True})
+                await _insert_message(db, chat.id, MessageRole.human, bot.seed_message,
+                                      {"seed_message": True})  # fmt: skip
         else:
             turn = await _read_turn_input(db, chat, bot, user_text=message)
-            _add_message(db, chat, MessageRole.human, message)
-        config = await llm_config_for(db, bot, settings.effective_secret_key)
+            await _insert_message(db, chat.id, MessageRole.human, message)
+        config = llm_config_for(bot, found.provider, settings.effective_secret_key)
         participant_data = (
-            await load_participant_data(db, participant.id, head.id)
+            await load_participant_data(db, place.participant_id, head.id)
             if prompt.needs_participant_data(bot.system_prompt)
             else None
         )
         await db.commit()  # the human message is stored before the model is called
 
         summary = chat.summary
-        if turn.older_unsummarized and len(turn.older_unsummarized) >= SUMMARIZE_BATCH:
+        if len(turn.older_unsummarized) >= SUMMARIZE_BATCH:
             summary = await _summarize(llm, config, chat.summary, turn.older_unsummarized)
-        messages = _build_messages(bot, chat, participant_data.data if participant_data else {},
-                                   turn, summary)
+        messages = _build_messages(
+            bot, chat, participant_data.data if participant_data else {}, turn, summary
+        )
         completion = await _complete(llm, messages, config, session_id)
 
-        if summary != chat.summary:
-            chat.summary = summary
-            chat.summary_until_id = turn.older_unsummarized[-1].id
-        _add_message(db, chat, MessageRole.ai, completion.text, _completion_metadata(completion),
-                     version_label=bot.version_label)
-        chat.status = SessionStatus.active
-        chat.last_activity_at = utcnow()
+        await _insert_message(db, chat.id, MessageRole.ai, completion.text,
+                              _completion_metadata(completion), version_label=bot.version_label)  # fmt: skip
+        values: dict[str, Any] = {"status": SessionStatus.active, "last_activity_at": utcnow()}
         if bot.version_number not in chat.versions_seen:
-            chat.versions_seen = [*chat.versions_seen, bot.version_number]
-        lease.release_with(chat)
+            values["versions_seen"] = [*chat.versions_seen, bot.version_number]
+        if summary != chat.summary:
+            values["summary"] = summary
+            values["summary_until_id"] = turn.older_unsummarized[-1].id
+        await _write_session(db, chat, lease.release_with(values))
         await db.commit()
         return TurnResult(completion.text, session_id)
+
+
+def _gate_reply(bot: Chatbot, place: ApiPlace, principal: Principal) -> str | None:
+    """The reply of a gate that stops the turn before anything is stored, if one does."""
+    if not _is_allowed(bot, place.identifier, principal):
+        return NOT_ALLOWED_REPLY
+    if not place.channel_enabled:
+        return place.disabled_message or ""
+    return None
+
+
+async def _write_session(db: AsyncSession, chat: ChatSession, values: dict[str, Any]) -> None:
+    table = ChatSession.__table__
+    await db.execute(update(table).where(table.c.id == chat.id).values(**values))
+
+
+async def _insert_message(
+    db: AsyncSession,
+    session_id: int,
+    role: MessageRole,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+    version_label: str | None = None,
+) -> None:
+    """A Core insert: the hot path needs no ORM object back."""
+    await db.execute(
+        insert(ChatMessage.__table__).values(
+            session_id=session_id,
+            role=role,
+            content=content,
+            metadata=metadata or {},
+            version_label=version_label,
+            created_at=utcnow(),
+        )
+    )
 
 
 def _is_allowed(bot: Chatbot, identifier: str, principal: Principal) -> bool:
@@ -187,8 +218,8 @@ async def _read_turn_input(
     limit = prompt.history_read_limit(bot.history_mode, bot.max_history_length)
     history = list(
         (
-            await db.scalars(
-                select(ChatMessage)
+            await db.execute(
+                select(*HISTORY_COLUMNS)
                 .where(ChatMessage.session_id == chat.id, ChatMessage.hidden.is_(False))
                 .order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
                 .limit(limit)
@@ -197,7 +228,7 @@ async def _read_turn_input(
     ) if limit else []
     older: list[ChatMessage] = []
     if bot.history_mode == HistoryMode.summarize and len(history) == limit:
-        query = select(ChatMessage).where(
+        query = select(*HISTORY_COLUMNS).where(
             ChatMessage.session_id == chat.id,
             ChatMessage.id < history[-1].id,
             ChatMessage.hidden.is_(False),
@@ -205,7 +236,7 @@ async def _read_turn_input(
         if chat.summary_until_id is not None:
             query = query.where(ChatMessage.id > chat.summary_until_id)
         older = list(
-            (await db.scalars(query.order_by(ChatMessage.id).limit(prompt.HISTORY_READ_LIMIT))).all()
+            (await db.execute(query.order_by(ChatMessage.id).limit(prompt.HISTORY_READ_LIMIT))).all()
         )
     return TurnInput(history=history, older_unsummarized=older, user_text=user_text)
 
@@ -239,7 +270,7 @@ def _build_messages(
 
 
 async def _summarize(
-    llm: LlmClient, config: LlmConfig, previous: str | None, older: list[ChatMessage]
+    llm: LlmClient, config: LlmConfig, previous: str | None, older: list[Row[Any]]
 ) -> str | None:
     try:
         completion = await llm.complete(prompt.summary_request(previous, older), config)

@@ -1,7 +1,5 @@
 """Turning a chatbot version and its provider row into an ``LlmConfig`` for the LLM layer."""
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.crypto import decrypt_config
 from app.errors import ProviderFailed
 from app.llm import LlmConfig
@@ -10,10 +8,7 @@ from app.models import Chatbot, LlmProvider
 PROVIDER_FAILED = "The language model provider failed: {reason}"
 
 
-async def llm_config_for(session: AsyncSession, bot: Chatbot, secret_key: str) -> LlmConfig:
-    provider = (
-        await session.get(LlmProvider, bot.llm_provider_id) if bot.llm_provider_id else None
-    )
+def llm_config_for(bot: Chatbot, provider: LlmProvider | None, secret_key: str) -> LlmConfig:
     if provider is None:
         raise ProviderFailed(PROVIDER_FAILED.format(reason="this chatbot has no LLM provider."))
     config = decrypt_config(provider.config, secret_key)

@@ -1,6 +1,8 @@
 """Participants and the channels they talk on (SPEC §3.2 step 4)."""
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import insert_or_get
@@ -55,3 +57,45 @@ async def load_participant_data(
             ParticipantData.chatbot_id == chatbot_id,
         )
     )
+
+
+@dataclass(frozen=True)
+class ApiPlace:
+    """Where a user credential's turn happens: the team's API channel and the user's participant."""
+
+    participant_id: int
+    identifier: str
+    channel_id: int
+    channel_enabled: bool
+    disabled_message: str | None
+
+
+async def get_api_place(
+    session: AsyncSession, team_id: int, email: str, user_id: int
+) -> ApiPlace:
+    """One query when both exist (every turn but a team's or user's first)."""
+    row = (
+        await session.execute(
+            select(Channel.id, Channel.enabled, Channel.disabled_message, Participant.id)
+            .outerjoin(
+                Participant,
+                and_(
+                    Participant.team_id == team_id,
+                    Participant.platform == Platform.api,
+                    Participant.identifier == email,
+                ),
+            )
+            .where(
+                Channel.team_id == team_id,
+                Channel.chatbot_id.is_(None),
+                Channel.platform == Platform.api,
+                Channel.deleted.is_(False),
+            )
+        )
+    ).first()
+    if row is None or row[3] is None:
+        channel = await get_team_api_channel(session, team_id)
+        participant = await get_participant(session, team_id, Platform.api, email, user_id)
+        return ApiPlace(participant.id, email, channel.id, channel.enabled, channel.disabled_message)
+    channel_id, enabled, disabled_message, participant_id = row
+    return ApiPlace(participant_id, email, channel_id, enabled, disabled_message)

@@ -13,16 +13,24 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from app.models import ChatMessage, HistoryMode, MessageRole
+from app.models import HistoryMode, MessageRole
 
 VARIABLE = re.compile(r"\{(participant_data|current_datetime|session_state|page_context|source_material)((?:\.[A-Za-z0-9_\-]+)*)\}")
 SUMMARIZE_KEEP = 20
 # Upper bound on messages read for one turn's history, whatever the mode: keeps the query (and
 # the turn's latency) independent of how long the session has been going.
 HISTORY_READ_LIMIT = 400
+
+class HistoryMessage(Protocol):
+    """A stored message as the history needs it (an ORM object or a plain row)."""
+
+    role: str
+    content: str
+    hidden: bool
+
 
 ROLE_TO_OPENAI = {MessageRole.human: "user", MessageRole.ai: "assistant", MessageRole.system: "system"}
 
@@ -100,11 +108,11 @@ def history_read_limit(mode: str, max_history_length: int) -> int:
 
 
 def select_history(
-    messages: Sequence[ChatMessage], mode: str, token_limit: int, reserved_tokens: int
+    messages: Sequence[HistoryMessage], mode: str, token_limit: int, reserved_tokens: int
 ) -> list[dict[str, str]]:
     """Oldest-first chat messages for the model. ``messages`` is newest-first, as read."""
     visible = [m for m in messages if not m.hidden]
-    chosen: list[ChatMessage] = []
+    chosen: list[HistoryMessage] = []
     if mode == HistoryMode.truncate_tokens:
         budget = token_limit - reserved_tokens
         for message in visible:
@@ -117,7 +125,7 @@ def select_history(
     return [to_openai(m) for m in reversed(chosen)]
 
 
-def to_openai(message: ChatMessage) -> dict[str, str]:
+def to_openai(message: HistoryMessage) -> dict[str, str]:
     return {"role": ROLE_TO_OPENAI.get(MessageRole(message.role), "user"), "content": message.content}
 
 
@@ -127,7 +135,7 @@ SUMMARY_INSTRUCTION = (
 )
 
 
-def summary_request(previous: str | None, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+def summary_request(previous: str | None, messages: Sequence[HistoryMessage]) -> list[dict[str, str]]:
     transcript = "\n".join(f"{m.role}: {m.content}" for m in messages)
     if previous:
         transcript = f"Summary so far: {previous}\n\n{transcript}"

@@ -1,158 +1,227 @@
-"""Finding and creating sessions, and the per-session turn lease (SPEC §3.2 step 5).
+"""Finding, creating and claiming sessions (SPEC §3.2 step 5).
 
-Messages of one session are processed one at a time, in arrival order. Within a process an
-``asyncio.Lock`` per session queues them (FIFO, no polling); across processes a lease column
-(``lease_until``) claimed with a conditional UPDATE does, and expires if its holder crashed. No
-transaction is held while waiting or while the LLM answers.
+Messages of one session are processed one at a time, in arrival order. A turn holds the
+session's lease (``lease_until``), claimed with a conditional ``UPDATE ... RETURNING`` that
+also finds the session: on the common path one statement both resolves the session and takes
+the lease. Across processes the lease is what serialises turns (a crashed holder's lease
+expires); within a process, turns that find the session busy queue on an ``asyncio.Lock`` (FIFO,
+no polling) with no transaction open while they wait.
 """
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import insert_or_get, utcnow
 from app.errors import BadRequest, NotFound, ServiceUnavailable
-from app.models import Channel, Chatbot, ChatSession, Participant, SessionStatus
+from app.models import ChatSession, SessionStatus
 
 SESSION_NOT_FOUND = "Session not found."
+SESSION_ENDED = "This session has ended. Omit `session` to start a new one."
 LEASE_POLL_SECONDS = 0.05
 EXTERNAL_ID_LENGTH = 36
 
 
-async def resolve_session(
-    session: AsyncSession,
-    *,
-    head: Chatbot,
-    channel: Channel,
-    participant: Participant,
-    external_id: str | None,
-) -> ChatSession:
-    """The session named by ``external_id`` (it must belong to this chatbot, team, channel and
-    participant: anything else is the same 404), else the participant's open session with this
-    chatbot on this channel, else a new one."""
-    if external_id is not None:
-        if len(external_id) > EXTERNAL_ID_LENGTH or "\x00" in external_id:
-            raise NotFound(SESSION_NOT_FOUND)  # cannot exist: don't ask the database
-        chat = await session.scalar(
-            select(ChatSession).where(
-                ChatSession.external_id == external_id,
-                ChatSession.team_id == head.team_id,
-                ChatSession.chatbot_id == head.id,
-                ChatSession.channel_id == channel.id,
-                ChatSession.participant_id == participant.id,
-            )
-        )
-        if chat is None:
-            raise NotFound(SESSION_NOT_FOUND)
-        if chat.is_ended:
-            raise BadRequest("This session has ended. Omit `session` to start a new one.")
-        return chat
-    return await open_session(session, head=head, channel=channel, participant=participant)
+@dataclass(frozen=True)
+class SessionKey:
+    """Whose session: a session belongs to one chatbot (head), channel and participant."""
+
+    team_id: int
+    chatbot_id: int
+    channel_id: int
+    participant_id: int
+    platform: str
+
+    def criteria(self) -> list[Any]:
+        return [
+            ChatSession.team_id == self.team_id,
+            ChatSession.chatbot_id == self.chatbot_id,
+            ChatSession.channel_id == self.channel_id,
+            ChatSession.participant_id == self.participant_id,
+        ]
 
 
-async def open_session(
-    session: AsyncSession, *, head: Chatbot, channel: Channel, participant: Participant
-) -> ChatSession:
+class Lease:
+    """A held turn lease. ``release_with(values)`` folds the release into the caller's last
+    write of the session row."""
+
+    def __init__(self, chat: ChatSession) -> None:
+        self.chat = chat
+        self.held = True
+
+    def release_with(self, values: dict[str, Any]) -> dict[str, Any]:
+        self.held = False
+        return {**values, "lease_until": None}
+
+    def release_orm(self) -> None:
+        """Release through the ORM object (paths that write the session through the ORM)."""
+        self.chat.lease_until = None
+        self.held = False
+
+
+def end_session(chat: ChatSession, status: SessionStatus = SessionStatus.pending_review) -> None:
+    chat.status = status
+    chat.ended_at = utcnow()
+
+
+async def open_session(session: AsyncSession, key: SessionKey, **values: Any) -> ChatSession:
+    """The participant's open session with this chatbot on this channel, created if none (at
+    most one: a partial unique index, so concurrent first messages share one)."""
+
     async def find() -> ChatSession | None:
         return await session.scalar(
-            select(ChatSession).where(
-                ChatSession.chatbot_id == head.id,
-                ChatSession.channel_id == channel.id,
-                ChatSession.participant_id == participant.id,
-                ChatSession.ended_at.is_(None),
-            )
+            select(ChatSession).where(*key.criteria(), ChatSession.ended_at.is_(None))
         )
 
     return await insert_or_get(
         session,
         find,
         lambda: ChatSession(
-            team_id=head.team_id,
-            chatbot_id=head.id,
-            channel_id=channel.id,
-            participant_id=participant.id,
-            platform=channel.platform,
+            team_id=key.team_id,
+            chatbot_id=key.chatbot_id,
+            channel_id=key.channel_id,
+            participant_id=key.participant_id,
+            platform=key.platform,
             status=SessionStatus.setup,
+            **values,
         ),
     )
 
 
-def end_session(chat: ChatSession, status: SessionStatus = SessionStatus.pending_review) -> None:
-    chat.status = status
-    chat.ended_at = utcnow()
-    chat.lease_until = None
+async def _claim(session: AsyncSession, criteria: list[Any], seconds: float) -> ChatSession | None:
+    now = utcnow()
+    return (
+        await session.scalars(
+            update(ChatSession)
+            .where(
+                *criteria,
+                ChatSession.ended_at.is_(None),
+                or_(ChatSession.lease_until.is_(None), ChatSession.lease_until < now),
+            )
+            .values(lease_until=now + timedelta(seconds=seconds))
+            .returning(ChatSession),
+            execution_options={"populate_existing": True},
+        )
+    ).first()
 
 
-_local_locks: dict[int, tuple[asyncio.Lock, int]] = {}
+async def _find_unclaimable(
+    session: AsyncSession, key: SessionKey, external_id: str | None, seconds: float
+) -> tuple[ChatSession, bool]:
+    """After a failed claim: the session (busy, or new and claimed), or the 404/400."""
+    if external_id is not None:
+        chat = await session.scalar(
+            select(ChatSession).where(*key.criteria(), ChatSession.external_id == external_id)
+        )
+        if chat is None:
+            raise NotFound(SESSION_NOT_FOUND)
+        if chat.is_ended:
+            raise BadRequest(SESSION_ENDED)
+        return chat, False
+    lease_until = utcnow() + timedelta(seconds=seconds)
+    chat = await open_session(session, key, lease_until=lease_until)
+    return chat, chat.lease_until == lease_until  # created by us, so claimed by us
+
+
+_local_queues: dict[int, tuple[asyncio.Lock, int]] = {}
 
 
 @contextlib.asynccontextmanager
-async def _local_lock(session_id: int) -> AsyncIterator[None]:
-    lock, users = _local_locks.get(session_id, (asyncio.Lock(), 0))
-    _local_locks[session_id] = (lock, users + 1)
+async def _local_turn(session_id: int) -> AsyncIterator[None]:
+    lock, users = _local_queues.get(session_id, (asyncio.Lock(), 0))
+    _local_queues[session_id] = (lock, users + 1)
     try:
         async with lock:
             yield
     finally:
-        lock, users = _local_locks[session_id]
+        lock, users = _local_queues[session_id]
         if users == 1:
-            del _local_locks[session_id]
+            del _local_queues[session_id]
         else:
-            _local_locks[session_id] = (lock, users - 1)
-
-
-async def _try_claim_lease(session: AsyncSession, session_id: int, seconds: float) -> bool:
-    now = utcnow()
-    result = await session.execute(
-        update(ChatSession)
-        .where(
-            ChatSession.id == session_id,
-            or_(ChatSession.lease_until.is_(None), ChatSession.lease_until < now),
-        )
-        .values(lease_until=now + timedelta(seconds=seconds))
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined]
-
-
-class Lease:
-    """A held turn lease. ``release_with(chat)`` folds the release into the caller's last write."""
-
-    def __init__(self) -> None:
-        self.held = True
-
-    def release_with(self, chat: ChatSession) -> None:
-        chat.lease_until = None
-        self.held = False
+            _local_queues[session_id] = (lock, users - 1)
 
 
 @contextlib.asynccontextmanager
-async def turn_lease(session: AsyncSession, session_id: int, seconds: float) -> AsyncIterator[Lease]:
-    """Hold the session's turn lease. On entry the lease is claimed inside an open transaction
-    (the caller commits it along with its first writes); on exit it is released unless the
-    caller already released it with its last write."""
-    async with _local_lock(session_id):
-        deadline = asyncio.get_running_loop().time() + seconds
-        while not await _try_claim_lease(session, session_id, seconds):
-            # Never wait inside a transaction. Commit (nothing was written) rather than roll
-            # back: a rollback would expire the caller's loaded objects.
-            await session.commit()
-            if asyncio.get_running_loop().time() > deadline:
-                raise ServiceUnavailable("Another message in this session is still being processed.")
-            await asyncio.sleep(LEASE_POLL_SECONDS)
-        lease = Lease()
-        try:
-            yield lease
-        finally:
-            if lease.held:
-                await session.rollback()
-                with contextlib.suppress(Exception):  # else the lease simply expires
-                    await session.execute(
-                        update(ChatSession)
-                        .where(ChatSession.id == session_id)
-                        .values(lease_until=None)
-                    )
-                    await session.commit()
+async def session_turn(
+    session: AsyncSession, key: SessionKey, external_id: str | None, seconds: float
+) -> AsyncIterator[Lease]:
+    """Resolve the session and hold its turn lease for the block.
+
+    ``external_id`` names the session (it must be this chatbot's, channel's and participant's,
+    else 404); without it the open session is used or created. The lease is claimed inside the
+    caller's open transaction, which commits it with its first writes; it is released on exit
+    unless the caller folded the release into its last write (``Lease.release_with``).
+    """
+    if external_id is not None and (
+        len(external_id) > EXTERNAL_ID_LENGTH or "\x00" in external_id
+    ):
+        raise NotFound(SESSION_NOT_FOUND)  # cannot exist: don't ask the database
+    criteria = key.criteria()
+    if external_id is not None:
+        criteria.append(ChatSession.external_id == external_id)
+    chat = await _claim(session, criteria, seconds)
+    claimed = chat is not None
+    if chat is None:
+        chat, claimed = await _find_unclaimable(session, key, external_id, seconds)
+    if claimed and chat.id in _local_queues:
+        # A turn of this process is queued for this session: go behind it, not ahead.
+        await session.execute(
+            update(ChatSession).where(ChatSession.id == chat.id).values(lease_until=None)
+        )
+        claimed = False
+    if not claimed:
+        await session.commit()  # never wait inside a transaction
+
+    async with _local_turn(chat.id):
+        current = chat if claimed else await _wait_for_lease(session, chat.id, seconds)
+        if current is not None:
+            lease = Lease(current)
+            try:
+                yield lease
+            finally:
+                await _release_if_held(session, lease)
+            return
+        if external_id is not None:
+            raise BadRequest(SESSION_ENDED)
+    # The session ended while we queued (a /reset): the turn goes to the new open session.
+    async with session_turn(session, key, None, seconds) as lease:
+        yield lease
+
+
+async def _release_if_held(session: AsyncSession, lease: Lease) -> None:
+    if not lease.held:
+        return
+    await session.rollback()
+    with contextlib.suppress(Exception):  # else the lease simply expires
+        await session.execute(
+            update(ChatSession).where(ChatSession.id == lease.chat.id).values(lease_until=None)
+        )
+        await session.commit()
+
+
+async def _wait_for_lease(
+    session: AsyncSession, session_id: int, seconds: float
+) -> ChatSession | None:
+    """Claim the lease once its holder lets go; None if the session ended meanwhile."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        chat = await _claim(session, [ChatSession.id == session_id], seconds)
+        if chat is not None:
+            return chat
+        ended = await session.scalar(
+            select(ChatSession.ended_at).where(ChatSession.id == session_id)
+        )
+        # Commit, not roll back: nothing was written, and a rollback would expire the
+        # caller's loaded objects.
+        await session.commit()
+        if ended is not None:
+            return None
+        if asyncio.get_running_loop().time() > deadline:
+            raise ServiceUnavailable("Another message in this session is still being processed.")
+        await asyncio.sleep(LEASE_POLL_SECONDS)
