@@ -3,7 +3,7 @@
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.api_keys import key_matches, split_prefix
@@ -17,6 +17,22 @@ if TYPE_CHECKING:
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+# Built once: the key, its user and the user's membership of the key's team.
+_KEY_WITH_MEMBERSHIP = (
+    select(
+        ApiKey.id, ApiKey.team_id, ApiKey.user_id, ApiKey.key_hash, ApiKey.read_only,
+        ApiKey.revoked_at, ApiKey.expires_at, ApiKey.last_used_at,
+        User.is_active, User.email, Membership.role,
+    )  # fmt: skip
+    .join(User, User.id == ApiKey.user_id)
+    .outerjoin(
+        Membership,
+        (Membership.team_id == ApiKey.team_id) & (Membership.user_id == ApiKey.user_id),
+    )
+    .where(ApiKey.prefix == bindparam("prefix"))
+)
+
+
 async def resolve_api_key(session: AsyncSession, raw_key: str) -> "Principal | None":
     """The key's principal; None for an unknown, revoked or expired key. Raises 401 with the
     SPEC's messages when the key is fine but its user is inactive or no longer a member."""
@@ -25,21 +41,7 @@ async def resolve_api_key(session: AsyncSession, raw_key: str) -> "Principal | N
     prefix = split_prefix(raw_key)
     if prefix is None:
         return None
-    row = (
-        await session.execute(
-            select(
-                ApiKey.id, ApiKey.team_id, ApiKey.user_id, ApiKey.key_hash, ApiKey.read_only,
-                ApiKey.revoked_at, ApiKey.expires_at, ApiKey.last_used_at,
-                User.is_active, User.email, Membership.role,
-            )  # fmt: skip
-            .join(User, User.id == ApiKey.user_id)
-            .outerjoin(
-                Membership,
-                (Membership.team_id == ApiKey.team_id) & (Membership.user_id == ApiKey.user_id),
-            )
-            .where(ApiKey.prefix == prefix)
-        )
-    ).first()
+    row = (await session.execute(_KEY_WITH_MEMBERSHIP, {"prefix": prefix})).first()
     if row is None:
         return None
     key, (is_active, email, role) = row, row[-3:]

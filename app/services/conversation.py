@@ -9,7 +9,7 @@ transaction open; (4) store the reply, update the session and release the lease.
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import Principal
@@ -32,6 +32,23 @@ CONSENT_YES = "1"
 SUMMARIZE_BATCH = 10  # older messages are folded into the summary ten at a time
 # History is read as plain rows, not ORM objects: it is the largest read of a turn.
 HISTORY_COLUMNS = (ChatMessage.id, ChatMessage.role, ChatMessage.content, ChatMessage.hidden)
+_RECENT_HISTORY = (
+    select(*HISTORY_COLUMNS)
+    .where(ChatMessage.session_id == bindparam("session_id"), ChatMessage.hidden.is_(False))
+    .order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
+    .limit(bindparam("limit"))
+)
+_UNSUMMARIZED = (
+    select(*HISTORY_COLUMNS)
+    .where(
+        ChatMessage.session_id == bindparam("session_id"),
+        ChatMessage.id < bindparam("before_id"),
+        ChatMessage.id > bindparam("after_id"),
+        ChatMessage.hidden.is_(False),
+    )
+    .order_by(ChatMessage.id)
+    .limit(bindparam("limit"))
+)
 NO_USER = "A client-credentials token has no user to chat as; use a user credential."
 
 
@@ -137,9 +154,15 @@ def _gate_reply(bot: Chatbot, place: ApiPlace, principal: Principal) -> str | No
     return None
 
 
+# Hot-path statements are built once: building a SQLAlchemy statement costs more CPU than
+# executing a cached one.
+_SESSION = ChatSession.__table__
+_UPDATE_SESSION = update(_SESSION).where(_SESSION.c.id == bindparam("p_session_id"))
+_INSERT_MESSAGE = insert(ChatMessage.__table__)
+
+
 async def _write_session(db: AsyncSession, chat: ChatSession, values: dict[str, Any]) -> None:
-    table = ChatSession.__table__
-    await db.execute(update(table).where(table.c.id == chat.id).values(**values))
+    await db.execute(_UPDATE_SESSION.values(**values), {"p_session_id": chat.id})
 
 
 async def _insert_message(
@@ -152,14 +175,16 @@ async def _insert_message(
 ) -> None:
     """A Core insert: the hot path needs no ORM object back."""
     await db.execute(
-        insert(ChatMessage.__table__).values(
-            session_id=session_id,
-            role=role,
-            content=content,
-            metadata=metadata or {},
-            version_label=version_label,
-            created_at=utcnow(),
-        )
+        _INSERT_MESSAGE,
+        {
+            "session_id": session_id,
+            "role": role,
+            "content": content,
+            "metadata": metadata or {},
+            "version_label": version_label,
+            "hidden": False,
+            "created_at": utcnow(),
+        },
     )
 
 
@@ -216,27 +241,22 @@ async def _read_turn_input(
     db: AsyncSession, chat: ChatSession, bot: Chatbot, user_text: str | None
 ) -> TurnInput:
     limit = prompt.history_read_limit(bot.history_mode, bot.max_history_length)
-    history = list(
-        (
-            await db.execute(
-                select(*HISTORY_COLUMNS)
-                .where(ChatMessage.session_id == chat.id, ChatMessage.hidden.is_(False))
-                .order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
-                .limit(limit)
-            )
-        ).all()
-    ) if limit else []
-    older: list[ChatMessage] = []
+    params = {"session_id": chat.id, "limit": limit}
+    history = list((await db.execute(_RECENT_HISTORY, params)).all()) if limit else []
+    older: list[Row[Any]] = []
     if bot.history_mode == HistoryMode.summarize and len(history) == limit:
-        query = select(*HISTORY_COLUMNS).where(
-            ChatMessage.session_id == chat.id,
-            ChatMessage.id < history[-1].id,
-            ChatMessage.hidden.is_(False),
-        )
-        if chat.summary_until_id is not None:
-            query = query.where(ChatMessage.id > chat.summary_until_id)
         older = list(
-            (await db.execute(query.order_by(ChatMessage.id).limit(prompt.HISTORY_READ_LIMIT))).all()
+            (
+                await db.execute(
+                    _UNSUMMARIZED,
+                    {
+                        "session_id": chat.id,
+                        "before_id": history[-1].id,
+                        "after_id": chat.summary_until_id or 0,
+                        "limit": prompt.HISTORY_READ_LIMIT,
+                    },
+                )
+            ).all()
         )
     return TurnInput(history=history, older_unsummarized=older, user_text=user_text)
 

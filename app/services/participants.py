@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import insert_or_get
@@ -70,28 +70,31 @@ class ApiPlace:
     disabled_message: str | None
 
 
+_API_PLACE = (
+    select(Channel.id, Channel.enabled, Channel.disabled_message, Participant.id)
+    .outerjoin(
+        Participant,
+        and_(
+            Participant.team_id == bindparam("team_id"),
+            Participant.platform == Platform.api,
+            Participant.identifier == bindparam("identifier"),
+        ),
+    )
+    .where(
+        Channel.team_id == bindparam("team_id"),
+        Channel.chatbot_id.is_(None),
+        Channel.platform == Platform.api,
+        Channel.deleted.is_(False),
+    )
+)
+
+
 async def get_api_place(
     session: AsyncSession, team_id: int, email: str, user_id: int
 ) -> ApiPlace:
     """One query when both exist (every turn but a team's or user's first)."""
     row = (
-        await session.execute(
-            select(Channel.id, Channel.enabled, Channel.disabled_message, Participant.id)
-            .outerjoin(
-                Participant,
-                and_(
-                    Participant.team_id == team_id,
-                    Participant.platform == Platform.api,
-                    Participant.identifier == email,
-                ),
-            )
-            .where(
-                Channel.team_id == team_id,
-                Channel.chatbot_id.is_(None),
-                Channel.platform == Platform.api,
-                Channel.deleted.is_(False),
-            )
-        )
+        await session.execute(_API_PLACE, {"team_id": team_id, "identifier": email})
     ).first()
     if row is None or row[3] is None:
         channel = await get_team_api_channel(session, team_id)

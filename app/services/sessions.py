@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import insert_or_get, utcnow
@@ -94,20 +94,36 @@ async def open_session(session: AsyncSession, key: SessionKey, **values: Any) ->
     )
 
 
-async def _claim(session: AsyncSession, criteria: list[Any], seconds: float) -> ChatSession | None:
-    now = utcnow()
+def _claim_statement(*criteria: Any) -> Any:
     return (
-        await session.scalars(
-            update(ChatSession)
-            .where(
-                *criteria,
-                ChatSession.ended_at.is_(None),
-                or_(ChatSession.lease_until.is_(None), ChatSession.lease_until < now),
-            )
-            .values(lease_until=now + timedelta(seconds=seconds))
-            .returning(ChatSession),
-            execution_options={"populate_existing": True},
+        update(ChatSession)
+        .where(
+            *criteria,
+            ChatSession.ended_at.is_(None),
+            or_(ChatSession.lease_until.is_(None), ChatSession.lease_until < bindparam("p_now")),
         )
+        .values(lease_until=bindparam("p_lease_until"))
+        .returning(ChatSession)
+    )
+
+
+_OWNER = (
+    ChatSession.team_id == bindparam("p_team_id"),
+    ChatSession.chatbot_id == bindparam("p_chatbot_id"),
+    ChatSession.channel_id == bindparam("p_channel_id"),
+    ChatSession.participant_id == bindparam("p_participant_id"),
+)
+# Built once (see conversation.py): the open session, a named session, a session by id.
+_CLAIM_OPEN = _claim_statement(*_OWNER)
+_CLAIM_NAMED = _claim_statement(*_OWNER, ChatSession.external_id == bindparam("p_external_id"))
+_CLAIM_BY_ID = _claim_statement(ChatSession.id == bindparam("p_id"))
+
+
+async def _claim(session: AsyncSession, statement: Any, params: dict[str, Any], seconds: float) -> ChatSession | None:
+    now = utcnow()
+    params = {**params, "p_now": now, "p_lease_until": now + timedelta(seconds=seconds)}
+    return (
+        await session.scalars(statement, params, execution_options={"populate_existing": True})
     ).first()
 
 
@@ -162,10 +178,17 @@ async def session_turn(
         len(external_id) > EXTERNAL_ID_LENGTH or "\x00" in external_id
     ):
         raise NotFound(SESSION_NOT_FOUND)  # cannot exist: don't ask the database
-    criteria = key.criteria()
+    params: dict[str, Any] = {
+        "p_team_id": key.team_id,
+        "p_chatbot_id": key.chatbot_id,
+        "p_channel_id": key.channel_id,
+        "p_participant_id": key.participant_id,
+    }
     if external_id is not None:
-        criteria.append(ChatSession.external_id == external_id)
-    chat = await _claim(session, criteria, seconds)
+        params["p_external_id"] = external_id
+        chat = await _claim(session, _CLAIM_NAMED, params, seconds)
+    else:
+        chat = await _claim(session, _CLAIM_OPEN, params, seconds)
     claimed = chat is not None
     if chat is None:
         chat, claimed = await _find_unclaimable(session, key, external_id, seconds)
@@ -211,7 +234,7 @@ async def _wait_for_lease(
     """Claim the lease once its holder lets go; None if the session ended meanwhile."""
     deadline = asyncio.get_running_loop().time() + seconds
     while True:
-        chat = await _claim(session, [ChatSession.id == session_id], seconds)
+        chat = await _claim(session, _CLAIM_BY_ID, {"p_id": session_id}, seconds)
         if chat is not None:
             return chat
         ended = await session.scalar(
