@@ -8,6 +8,7 @@ machine, 16 pools of 16 connections served 295 requests/s of the ideal 320 at co
 """
 
 import itertools
+import ssl
 
 import httpx
 
@@ -22,7 +23,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
         limits = httpx.Limits(
             max_connections=connections_per_pool, max_keepalive_connections=connections_per_pool
         )
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(pools)]
+        # One TLS context for all pools: each costs ~20 ms to build (start-up time).
+        tls = ssl.create_default_context()
+        self._pools = [httpx.AsyncHTTPTransport(limits=limits, verify=tls) for _ in range(pools)]
         self._next = itertools.cycle(self._pools)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

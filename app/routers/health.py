@@ -3,8 +3,6 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.migrate import is_at_head
-
 router = APIRouter(include_in_schema=False)
 
 
@@ -17,6 +15,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """The database is reachable and its schema is at the latest migration."""
+    from app.migrate import is_at_head  # alembic is heavy to import: not at start-up
+
     try:
         ready = await is_at_head(request.app.state.engine)
     except Exception as exc:  # any failure to reach the database means "not ready"
