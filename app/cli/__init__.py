@@ -1,0 +1,38 @@
+"""The ``chatbots`` command: run the service and administer teams, users, keys, chatbots, channels.
+
+Each invocation reads fresh ``Settings``, opens its own engine, runs one service call in one
+transaction (committed on success) and disposes the engine. Domain errors print a message on
+stderr and exit 1. ``--json`` prints exactly one JSON document on stdout.
+
+Start-up stays fast: the database layer, the services and uvicorn are imported inside the
+commands, never at module import (litellm is never imported here).
+
+The commands live in ``serve`` (serve, db, demo), ``identity`` (team, user, apikey) and ``bots``
+(provider, chatbot, channel); ``_common`` holds what they share. The tree is assembled here.
+"""
+
+import typer
+
+from app.cli import bots, identity, serve
+
+app = typer.Typer(
+    name="chatbots",
+    help="Chatbots API: run the service and administer it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command()(serve.serve)
+app.command()(serve.demo)
+app.add_typer(serve.db_app, name="db")
+app.add_typer(identity.team_app, name="team")
+app.add_typer(identity.user_app, name="user")
+app.add_typer(identity.apikey_app, name="apikey")
+app.add_typer(bots.provider_app, name="provider")
+app.add_typer(bots.chatbot_app, name="chatbot")
+app.add_typer(bots.channel_app, name="channel")
+
+
+def main() -> None:
+    app(prog_name="chatbots")

@@ -1,0 +1,122 @@
+"""Running the service: ``serve``, ``db upgrade`` and ``demo``."""
+
+import asyncio
+import dataclasses
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from app.cli._common import (
+    Json,
+    Opt,
+    command_group,
+    guarded,
+    load_settings,
+    print_done,
+    print_json,
+    run,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.config import Settings
+
+db_app = command_group("Database schema migrations.")
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _print_demo(info: Any, base_url: str, title: str) -> None:
+    from app.demo import demo_curl
+
+    lines = ["", title, f"  Demo chatbot: {info.chatbot_public_id} (model {info.model})"]
+    if info.api_key:
+        lines.append(f"  Demo API key (shown once, save it now): {info.api_key}")
+    lines += ["", "Try it:", demo_curl(base_url, info.chatbot_public_id, info.api_key)]
+    lines += ["", f"API docs: {base_url}/docs", ""]
+    typer.echo("\n".join(lines))
+    sys.stdout.flush()
+
+
+def serve(
+    host: Annotated[str, Opt(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, Opt(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, Opt(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the API server. The embedded default (SQLite) migrates itself and creates a demo."""
+    from app.config import DEFAULT_DATABASE_URL
+
+    settings = load_settings()
+    embedded = settings.database_url == DEFAULT_DATABASE_URL
+    if embedded or settings.should_auto_migrate:
+
+        async def prepare(session: "AsyncSession", settings: "Settings") -> Any:
+            from app.demo import ensure_demo
+
+            return await ensure_demo(session, settings) if embedded else None
+
+        info = run(prepare, settings)
+        if info is not None:
+            title = "Chatbots API, embedded default (SQLite database ./chatbots.db)"
+            _print_demo(info, f"http://{_display_host(host)}:{port}", title)
+
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        loop="auto",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: Json = False) -> None:
+    """Upgrade the database schema to the latest revision (safe to repeat)."""
+    from sqlalchemy.engine import make_url
+
+    from app.db import make_engine
+    from app.migrate import upgrade_database
+
+    settings = load_settings()
+
+    async def main() -> None:
+        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        try:
+            await upgrade_database(engine)
+        finally:
+            await engine.dispose()
+
+    guarded(lambda: asyncio.run(main()))
+    url = make_url(settings.database_url).render_as_string(hide_password=True)
+    print_done(as_json, {"upgraded": True, "database": url}, f"Database {url} is up to date.")
+
+
+def demo(
+    base_url: Annotated[str, Opt(help="The service's address, for the example curl.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    as_json: Json = False,
+) -> None:
+    """Create the demo team, user, API key and chatbot (once) and show how to call it."""
+    from app.demo import demo_curl, ensure_demo
+
+    info = run(ensure_demo)
+    base_url = base_url.rstrip("/")
+    if as_json:
+        curl = demo_curl(base_url, info.chatbot_public_id, info.api_key)
+        print_json(dataclasses.asdict(info) | {"curl": curl})
+    else:
+        _print_demo(info, base_url, "Chatbots API demo")
