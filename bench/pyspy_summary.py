@@ -16,30 +16,26 @@ from typing import Any
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
-# (label, substring of the file path); first match wins.
-_PACKAGES = [
-    ("app (this service)", "/app/"),
-    ("sqlalchemy", "/sqlalchemy/"),
-    ("asyncpg", "/asyncpg/"),
-    ("fastapi", "/fastapi/"),
-    ("starlette", "/starlette/"),
-    ("pydantic", "/pydantic"),
-    ("httpx", "/httpx/"),
-    ("httpcore", "/httpcore/"),
-    ("anyio", "/anyio/"),
-    ("h11", "/h11/"),
-    ("uvicorn", "/uvicorn/"),
-    ("httptools", "/httptools/"),
-    ("uvloop", "/uvloop/"),
-    ("orjson", "orjson"),
-    ("cryptography", "/cryptography/"),
-    ("sniffio", "/sniffio/"),
-    ("typing/dataclasses (stdlib)", "/typing.py"),
-    ("asyncio (stdlib)", "/asyncio/"),
-    ("logging (stdlib)", "/logging/"),
-    ("json (stdlib)", "/json/"),
-    ("uuid (stdlib)", "/uuid.py"),
-    ("ssl/socket (stdlib)", "/socket.py"),
+# Inclusive share of stacks through these frames: the costs worth knowing by name.
+WATCH = [
+    ("SQLAlchemy ORM/Core (any frame in sqlalchemy)", re.compile(r"\(sqlalchemy/")),
+    ("asyncpg (any frame in asyncpg)", re.compile(r"\(asyncpg/")),
+    ("pool checkout pre-ping (pool_pre_ping=True)", re.compile(r"do_ping|_async_ping|\.ping \(")),
+    ("pool checkout/checkin", re.compile(r"_ConnectionFairy\._checkout|_ConnectionRecord\.checkout|_finalize_fairy|_ConnectionFairy\._checkin")),
+    ("ORM flush (unit of work)", re.compile(r"Session\.flush \(|Session\._flush \(")),
+    ("Session.commit", re.compile(r"Session\.commit \(")),
+    ("Session.refresh", re.compile(r"Session\.refresh \(")),
+    ("ORM row loading (loading.instances)", re.compile(r"^instances \(sqlalchemy/orm/loading")),
+    ("statement compile / cache key", re.compile(r"_generate_cache_key|_compiler \(|compile \(sqlalchemy")),
+    ("FastAPI dependency solving (includes authenticate, get_session)", re.compile(r"solve_dependencies \(")),
+    ("sync dependency in a thread (run_in_threadpool)", re.compile(r"run_in_threadpool|run_sync_in_worker_thread")),
+    ("response serialisation (serialize_response/jsonable_encoder)", re.compile(r"serialize_response|jsonable_encoder")),
+    ("request body parsing (parse_json_body)", re.compile(r"parse_json_body \(")),
+    ("authentication (authenticate)", re.compile(r"^authenticate \(")),
+    ("LLM call (httpx/httpcore)", re.compile(r"\((httpx|httpcore)/")),
+    ("provider secret decryption (cryptography)", re.compile(r"decrypt_config|\(cryptography/")),
+    ("logging", re.compile(r"\(logging/")),
+    ("stdlib json", re.compile(r"\(json/")),
 ]
 
 
@@ -52,16 +48,20 @@ def parse_frame(frame: str) -> tuple[str, str]:
 
 
 def package_of(path: str) -> str:
-    for label, needle in _PACKAGES:
-        if needle in path:
-            if label.startswith("app") and ("site-packages" in path or "/lib/python" in path):
-                continue
-            return label
-    if "/lib/python3" in path and "site-packages" not in path:
-        return "other stdlib"
-    if "site-packages" in path:
-        return "other: " + path.split("site-packages/", 1)[1].split("/", 1)[0]
-    return "other"
+    """The library a frame belongs to. py-spy prints paths relative to sys.path entries
+    (``sqlalchemy/orm/session.py``, ``app/db.py``, ``threading.py``)."""
+    for marker in ("site-packages/", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    if "/lib/python3" in path:
+        path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    head = path.split("/", 1)[0]
+    module = head[:-3] if head.endswith(".py") else head
+    if module == "app":
+        return "app (this service)"
+    if module in sys.stdlib_module_names or module.startswith("_"):
+        return f"stdlib {module}"
+    return module or "other"
 
 
 def short(path: str) -> str:
@@ -76,7 +76,9 @@ def summarise(text: str, top: int = 25) -> dict[str, Any]:
     by_package: Counter[str] = Counter()
     by_leaf: Counter[str] = Counter()
     app_inclusive: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()  # any frame, once per stack
     lib_entry: Counter[str] = Counter()  # first non-app frame called from app code
+    watched: Counter[str] = Counter()
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -86,16 +88,22 @@ def summarise(text: str, top: int = 25) -> dict[str, Any]:
         if not frames:
             continue
         total += count
+        raw_frames = [f.strip() for f in stack.split(";") if f]
+        for label, pattern in WATCH:
+            if any(pattern.search(f) for f in raw_frames):
+                watched[label] += count
         func, path = frames[-1]
         by_package[package_of(path)] += count
         by_leaf[f"{func} ({short(path)})"] += count
         seen: set[str] = set()
-        for i, (f, p) in enumerate(frames):
+        for f, p in frames:
+            key = f"{f} ({short(p)})"
+            if key in seen:
+                continue
+            seen.add(key)
+            inclusive[key] += count
             if package_of(p).startswith("app"):
-                key = f"{f} ({short(p)})"
-                if key not in seen:
-                    seen.add(key)
-                    app_inclusive[key] += count
+                app_inclusive[key] += count
         # Where app code hands over to a library: the deepest app frame's callee.
         app_idx = [i for i, (_, p) in enumerate(frames) if package_of(p).startswith("app")]
         if app_idx and app_idx[-1] + 1 < len(frames):
@@ -111,16 +119,26 @@ def summarise(text: str, top: int = 25) -> dict[str, Any]:
         "self_by_package": pct(by_package, 30),
         "self_by_function": pct(by_leaf, top),
         "app_inclusive": pct(app_inclusive, top),
+        "inclusive": pct(inclusive, 2 * top),
         "app_to_library": pct(lib_entry, top),
+        "watch": [(label, watched[label], round(100.0 * watched[label] / total, 1) if total else 0.0)
+                  for label, _ in WATCH],
     }
 
 
 def render(summary: dict[str, Any]) -> str:
-    out = [f"samples: {summary['samples']} (CPU-busy samples of the service's event loop)"]
+    out = [
+        f"samples: {summary['samples']} (non-idle samples of the service's threads). "
+        "SQLAlchemy's ORM runs in greenlets: py-spy shows a greenlet's stack from its own "
+        "root, so app frames above an ORM call are often missing (inclusive app time is a "
+        "lower bound; library self time is exact)."
+    ]
     for title, key in (
+        ("named costs, inclusive (share of samples with such a frame on the stack)", "watch"),
         ("self time by package (leaf frame)", "self_by_package"),
         ("hottest leaf functions", "self_by_function"),
         ("app functions, inclusive", "app_inclusive"),
+        ("any function, inclusive (a stack counts once per function)", "inclusive"),
         ("app code -> library call sites (inclusive below the deepest app frame)", "app_to_library"),
     ):
         out.append(f"\n{title}:")

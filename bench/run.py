@@ -5,7 +5,8 @@
 
 What it does, stopping everything it started in the end (try/finally, process groups):
 
-1. starts its own PostgreSQL (``.ci/start-postgres`` with PGPORT=54340 and its own PGDATA) and
+1. starts its own PostgreSQL (``.ci/start-postgres`` on the first free port from 54340, with a
+   PGDATA of its own, removed at the end) and
    the fake LLM (``bench/fake_llm.py``, one process; per-request latency through the model names
    ``latency-0`` and ``latency-200``, which the floor uses too);
 2. migrates and seeds with the ``chatbots`` CLI (team, provider, two published chatbots) and
@@ -20,7 +21,9 @@ What it does, stopping everything it started in the end (try/finally, process gr
 6. history: one user's session gets 5,000 messages by a bulk INSERT; its p50 at concurrency 1
    vs a fresh user's (alternating rounds);
 7. an SQL trace of single turns (PostgreSQL ``log_min_duration_statement=0``: statements and
-   server time per turn) and, when py-spy is found, a CPU profile of the service under load;
+   server time per turn), the client-side CPU of one statement by layer (``bench/dbmicro.py``:
+   raw asyncpg vs SQLAlchemy Core vs ORM) and, when py-spy is found (PATH, the venv,
+   ``$PY_SPY`` or /tmp/pyspy/bin), a CPU profile of the service under load;
 8. prints the table and a PASS/FAIL line per target, writes ``bench/out/results-<ts>.json`` and
    ``bench/out/results-<ts>.md`` (markdown for ``bench/RESULTS.md``); logs in ``bench/out/run-<ts>/``.
 
@@ -66,6 +69,10 @@ HISTORY_MESSAGES = 5000
 SYSTEM_PROMPT = "You are a benchmark bot. Answer briefly."
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# A cell where the rest of the machine used more than this (% of one core) is marked as disturbed.
+QUIET_OTHER_PCT = 20.0
+DISTURBED_OTHER_PCT = 25.0
+
 TARGET_ADDED_MS = 5.0
 TARGET_RPS_0 = 400.0
 TARGET_RPS_200 = 0.9 * 64 / 0.2  # 90 % of the ideal 320 req/s
@@ -88,8 +95,61 @@ class Budget:
     profile_seconds: float
 
 
-FULL = Budget(15, 3000, 10_000, 150, 3, 300, 4, 3, 10)
+FULL = Budget(15, 3000, 10_000, 240, 3, 300, 4, 3, 10)
 QUICK = Budget(4, 600, 2_000, 40, 1, 150, 3, 1, 6)
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether the app's files differed from it."""
+    commit = os.environ.get("BENCH_COMMIT")
+    if commit:
+        return {"commit": commit, "app_dirty": False, "source": os.environ.get("BENCH_SOURCE", "")}
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "migrations"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "app_dirty": None, "source": "working tree"}
+    return {"commit": rev or "unknown", "app_dirty": bool(dirty.strip()), "source": "working tree"}
+
+
+def run_at_revision(rev: str, argv: list[str], child: list[str]) -> int:
+    """Benchmark a committed revision while the working tree is being edited: export ``rev``
+    (git archive) to a temporary directory, lay the current bench/ over it, run there, write
+    the results to this checkout's bench/out/."""
+    import tempfile
+
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()  # fmt: skip
+    src = Path(tempfile.mkdtemp(prefix="chatbots-bench-src-"))
+    try:
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True,
+                                 check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        for path in (ROOT / "bench").glob("*.py"):
+            shutil.copy2(path, src / "bench" / path.name)
+        env = os.environ | {
+            "BENCH_COMMIT": commit,
+            "BENCH_SOURCE": f"git archive {commit[:12]} + this checkout's bench/",
+            "BENCH_OUT_DIR": str(ROOT / "bench" / "out"),
+            "BENCH_COMMAND": "python bench/run.py " + " ".join(argv),
+        }
+        log(f"running bench/run.py on {commit[:12]} exported to {src}")
+        return subprocess.run([PY, str(src / "bench" / "run.py"), *child], cwd=src, env=env).returncode
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def shown(path: Path) -> str:
+    """A path as the reader would type it: relative to the checkout when the results land in
+    its bench/out/ (also when running a ``--rev`` export), else absolute."""
+    for base in (ROOT, Path(os.environ.get("BENCH_OUT_DIR", ROOT)).parent.parent):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def log(message: str) -> None:
@@ -152,6 +212,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def free_pg_port(first: int = 54340, last: int = 54399) -> int:
+    """The first port from 54340 on that nothing listens on (the tests' server is 54329)."""
+    for port in range(first, last + 1):
+        if not port_in_use(port):
+            return port
+    raise RuntimeError(f"no free port in {first}-{last} for this run's PostgreSQL")
+
+
 def as_postgres(command: str) -> list[str]:
     if os.geteuid() == 0:
         return ["su", "postgres", "-s", "/bin/bash", "-c", f"PATH='{os.environ['PATH']}' {command}"]
@@ -169,6 +243,8 @@ class Postgres:
         # not-yet-created database. Its default name is fine on this run's own cluster.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env |= {"PGPORT": str(self.port), "PGDATA": self.pgdata}
+        if port_in_use(self.port) and not Path(self.pgdata, "postmaster.pid").exists():
+            raise RuntimeError(f"port {self.port} is taken by another server: choose --pgport")
         self.started = True  # from here on, stop() tries
         out = subprocess.run(
             [str(ROOT / ".ci" / "start-postgres")], env=env, capture_output=True, text=True,
@@ -238,9 +314,14 @@ def _stat_fields(pid: int | str) -> list[str] | None:
     return data[data.rfind(")") + 2 :].split()
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int, reaped_children: bool = False) -> int:
+    """utime + stime (+ cutime + cstime: the CPU of its children that have exited and been
+    waited for, e.g. PostgreSQL backends whose connection the pool closed)."""
     fields = _stat_fields(pid)
-    return int(fields[11]) + int(fields[12]) if fields else 0  # utime + stime
+    if not fields:
+        return 0
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks + int(fields[13]) + int(fields[14]) if reaped_children else ticks
 
 
 def children_of(ppid: int) -> list[int]:
@@ -272,7 +353,9 @@ class CpuMeter:
         pg_total = 0
         master = self.pg.postmaster_pid()
         if master:
-            pg_total = cpu_ticks(master) + sum(cpu_ticks(p) for p in children_of(master))
+            pg_total = cpu_ticks(master, reaped_children=True) + sum(
+                cpu_ticks(p) for p in children_of(master)
+            )
         busy, total = machine_ticks()
         return {
             "service": cpu_ticks(self.service_pid) if self.service_pid else 0,
@@ -343,16 +426,22 @@ class Bench:
         self.args = args
         self.budget = QUICK if args.quick else FULL
         self.ts = time.strftime("%Y%m%d-%H%M%S")
-        self.out_dir = ROOT / "bench" / "out"
+        self.out_dir = Path(os.environ.get("BENCH_OUT_DIR") or ROOT / "bench" / "out")
         self.run_dir = self.out_dir / f"run-{self.ts}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
-        self.pg = Postgres(args.pgport, args.pgdata or f"/tmp/chatbots-bench-pg-{args.pgport}",
+        # Its own cluster, never another run's: a free port and a PGDATA of this process.
+        # (start-postgres reuses a running cluster found at PGDATA and drops its database, so
+        # two runs sharing a PGDATA would wreck each other.)
+        port = args.pgport or free_pg_port()
+        self.pg = Postgres(port, args.pgdata or f"/tmp/chatbots-bench-pg-{port}-{os.getpid()}",
                            "chatbots_test")  # fmt: skip
         self.results: dict[str, Any] = {
             "timestamp": self.ts,
-            "command": "python bench/run.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
+            "command": os.environ.get("BENCH_COMMAND")
+            or "python bench/run.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
             "mode": "quick" if args.quick else "full",
+            "code": code_version(),
         }
         self.env: dict[str, str] = {}
         self.chatbots: dict[int, str] = {}  # LLM latency -> chatbot public id
@@ -490,6 +579,7 @@ class Bench:
     ) -> tuple[dict[str, Any], LoadResult]:
         pid = self.service_pid() if self.service else None
         meter = CpuMeter(pid, self.pg, self.fake.pid if self.fake else 0)
+        waited = await self.wait_quiet(meter)
         peak = {"rss_kb": 0}
         stop = asyncio.Event()
 
@@ -514,12 +604,34 @@ class Bench:
         cpu = meter.stop()
         summary = result.summary()
         summary["cpu_pct_of_one_core"] = cpu
+        summary["waited_for_quiet_s"] = waited
+        if pid and summary["requests"]:
+            # CPU the service spent per request (ms): what bounds one worker's throughput.
+            summary["service_cpu_ms_per_request"] = round(
+                10.0 * cpu["service"] / (summary["requests"] / (summary["elapsed_s"] or 1e-9)), 2
+            )
         if pid:
             status = proc_status(pid)
             summary["rss_peak_mb"] = round(peak["rss_kb"] / 1024, 1)
             summary["rss_end_mb"] = round(status.get("VmRSS", 0) / 1024, 1)
             summary["hwm_mb"] = round(status.get("VmHWM", 0) / 1024, 1)
         return summary, result
+
+    async def wait_quiet(self, meter: CpuMeter) -> float:
+        """The machine is shared: before a measurement, wait (bounded) until processes this
+        run did not start use under QUIET_OTHER_PCT of a core for two 0.5 s windows."""
+        limit = self.args.quiet_wait
+        if limit <= 0:
+            return 0.0
+        start = time.perf_counter()
+        calm = 0
+        while time.perf_counter() - start < limit:
+            meter.start()
+            await asyncio.sleep(0.5)
+            calm = calm + 1 if meter.stop()["other"] < QUIET_OTHER_PCT else 0
+            if calm >= 2:
+                break
+        return round(time.perf_counter() - start, 1)
 
     def cell_warmup(self, concurrency: int) -> int:
         return 2 * concurrency + 5
@@ -603,14 +715,16 @@ class Bench:
                         requests, c, b.cell_requests, b.cell_seconds, self.cell_warmup(c)
                     )
                     if kind == "floor":
-                        for key in ("rss_peak_mb", "rss_end_mb", "hwm_mb"):
+                        for key in ("rss_peak_mb", "rss_end_mb", "hwm_mb",
+                                    "service_cpu_ms_per_request"):
                             summary.pop(key, None)
                     summary |= {"target": kind, "llm_latency_ms": latency}
                     cells.append(summary)
                     cpu = summary["cpu_pct_of_one_core"]
                     log(f"{kind:7s} latency {latency:3d} ms c={c:2d}: {summary['rps']:8.1f} req/s "
                         f"p50 {summary['p50_ms']:7.2f} p95 {summary['p95_ms']:7.2f} "
-                        f"p99 {summary['p99_ms']:7.2f} ms errors {summary['errors']} | CPU% "
+                        f"p99 {summary['p99_ms']:7.2f} ms errors {summary['errors']} | "
+                        f"svc CPU/req {summary.get('service_cpu_ms_per_request', '-')} ms | CPU% "
                         f"svc {cpu['service']} pg {cpu['postgres']} llm {cpu['fake_llm']} "
                         f"gen {cpu['loadgen']} other {cpu['other']}")  # fmt: skip
         self.results["matrix"] = cells
@@ -691,15 +805,17 @@ class Bench:
             "turns": [{k: v for k, v in t.items() if k != "lines"} for t in per_turn],
             "statements_last_turn": last["statements"],
         }
-        log(f"SQL per turn: {last['executes']} statements executed ({last['parses']} parses, "
-            f"{last['transactions']} BEGINs), server time {last['server_ms']:.2f} ms, "
-            f"wall {last['wall_ms']:.2f} ms")  # fmt: skip
+        log(f"SQL per turn: {last['round_trips']} round trips, {last['transactions']} BEGINs, "
+            f"{last['pings']} pre-pings, {last['parses']} parses; server time "
+            f"{last['server_ms']:.2f} ms, wall {last['wall_ms']:.2f} ms")  # fmt: skip
 
     @staticmethod
     def _parse_trace(text: str, status: Any, wall_ms: float) -> dict[str, Any]:
+        """asyncpg runs a prepared statement as one round trip (bind + execute + sync) and a
+        simple query (BEGIN, COMMIT) as one; the pool's pre-ping is ``BEGIN; ; ROLLBACK``."""
         lines, statements = [], []
         server_ms = 0.0
-        executes = parses = begins = 0
+        round_trips = parses = begins = pings = 0
         for line in text.splitlines():
             match = re.search(r"duration: ([\d.]+) ms\s+(statement|parse|bind|execute)[^:]*: (.*)", line)
             if not match:
@@ -709,16 +825,34 @@ class Bench:
             lines.append(f"{ms:8.3f} ms  {kind:9s} {sql[:200]}")
             if kind == "parse":
                 parses += 1
-            if kind in ("execute", "statement"):
-                executes += 1
+            elif kind in ("bind", "statement"):
+                round_trips += 1
+                if sql.rstrip(";").strip() == "":
+                    pings += 1
+                    continue
                 statements.append(sql[:160])
                 if sql.upper().startswith("BEGIN"):
                     begins += 1
         return {
             "status": status, "wall_ms": round(wall_ms, 2), "server_ms": round(server_ms, 3),
-            "executes": executes, "parses": parses, "transactions": begins,
-            "statements": statements, "lines": lines,
+            "round_trips": round_trips, "parses": parses, "transactions": begins - pings,
+            "pings": pings, "statements": statements, "lines": lines,
         }  # fmt: skip
+
+    def db_micro(self) -> None:
+        """Client-side CPU of one statement by layer (bench/dbmicro.py, its own process)."""
+        n = 500 if self.args.quick else 2000
+        out = subprocess.run(
+            [PY, "-m", "bench.dbmicro", "--n", str(n), "--json"], cwd=ROOT, env=self.env,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if out.returncode != 0:
+            log(f"dbmicro failed (skipped): {out.stderr.strip()[-500:]}")
+            self.results["db_micro"] = None
+            return
+        self.results["db_micro"] = {"n": n, "ops": json.loads(out.stdout)}
+        for op in self.results["db_micro"]["ops"]:
+            log(f"db micro: {op['cpu_us']:7.1f} µs CPU {op['wall_us']:7.1f} µs wall  {op['op']}")
 
     def find_pyspy(self) -> str | None:
         for candidate in (os.environ.get("PY_SPY"), shutil.which("py-spy"),
@@ -735,9 +869,10 @@ class Bench:
             return
         seconds = self.budget.profile_seconds
         out = self.run_dir / "profile-service.txt"
-        log(f"profile: py-spy for {seconds:.0f}s during service, latency 0, c=64 ...")
+        log(f"profile: py-spy (--gil: CPU in Python) for {seconds:.0f}s during service, "
+            "latency 0, c=64 ...")
         spy = self.spawn("py-spy", [pyspy, "record", "--pid", str(self.service_pid()), "--duration",
-                                    str(int(seconds)), "--rate", "200", "--nonblocking",
+                                    str(int(seconds)), "--rate", "200", "--gil",
                                     "--format", "raw", "--output", str(out)])  # fmt: skip
         await asyncio.sleep(0.5)
         requests = [self.service_request(0, u) for u in range(N_LOAD_USERS)]
@@ -754,7 +889,7 @@ class Bench:
         prof = summarise_profile(out.read_text(), top=25)
         (self.run_dir / "profile-summary.txt").write_text(render_profile(prof))
         self.results["profile"] = {"load_under_profiler": summary, "summary": prof,
-                                   "raw": str(out.relative_to(ROOT))}  # fmt: skip
+                                   "raw": shown(out)}  # fmt: skip
         log(f"profile: {prof['samples']} samples; summary in {self.run_dir / 'profile-summary.txt'}")
 
     # -- the whole run ------------------------------------------------------------------------
@@ -763,6 +898,7 @@ class Bench:
         await self.matrix()
         await self.history()
         await self.sql_trace()
+        self.db_micro()
         want_profile = self.args.profile if self.args.profile is not None else not self.args.quick
         if want_profile:
             await self.profile()
@@ -803,7 +939,7 @@ class Bench:
         md_path = self.out_dir / f"results-{self.ts}.md"
         md_path.write_text(markdown)
         print("\n" + markdown)
-        print(f"\nwrote {json_path.relative_to(ROOT)} and {md_path.relative_to(ROOT)} "
+        print(f"\nwrote {shown(json_path)} and {shown(md_path)} "
               f"({self.results['duration_s']} s)")  # fmt: skip
         return 0
 
@@ -889,6 +1025,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}` (from the repository root, venv active; "
         f"{results.get('duration_s', '?')} s)",
         "",
+        f"Code: commit {results.get('code', {}).get('commit', '?')[:12]}"
+        + (" with uncommitted changes in app/" if results.get("code", {}).get("app_dirty") else "")
+        + (f" ({results['code']['source']})" if results.get("code", {}).get("source") else "")
+        + ".",
+        "",
         f"Machine: nproc {m.get('nproc')} ({m.get('cpu')}), Python {m.get('python')}, "
         f"PostgreSQL {m.get('postgres')}, Linux {m.get('kernel')}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start', ()))}. Service: ONE worker "
@@ -897,8 +1038,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "### incoming_message vs the fake LLM alone (the floor)",
         "",
         "| LLM latency | conc. | service req/s | floor req/s | service/floor | service p50 / p95 / p99 ms "
-        "| floor p50 / p95 / p99 ms | added p50 ms | errors (svc/floor) | peak RSS MB | CPU % svc / pg / llm / gen / other |",
-        "|---:|---:|---:|---:|---:|---|---|---:|---|---:|---|",
+        "| floor p50 / p95 / p99 ms | added p50 ms | errors (svc/floor) | peak RSS MB | svc CPU ms/req "
+        "| CPU % svc / pg / llm / gen / other |",
+        "|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|---|",
     ]
     for latency in LATENCIES:
         for c in CONCURRENCIES:
@@ -906,12 +1048,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             if not s or not f:
                 continue
             cpu = s["cpu_pct_of_one_core"]
+            mark = " †" if max(s["cpu_pct_of_one_core"]["other"],
+                               f["cpu_pct_of_one_core"]["other"]) > DISTURBED_OTHER_PCT else ""  # fmt: skip
             out.append(
-                f"| {latency} ms | {c} | {s['rps']:.1f} | {f['rps']:.1f} | "
+                f"| {latency} ms | {c}{mark} | {s['rps']:.1f} | {f['rps']:.1f} | "
                 f"{s['rps'] / f['rps']:.3f} | {s['p50_ms']:.2f} / {s['p95_ms']:.2f} / {s['p99_ms']:.2f} | "
                 f"{f['p50_ms']:.2f} / {f['p95_ms']:.2f} / {f['p99_ms']:.2f} | "
                 f"{s['p50_ms'] - f['p50_ms']:+.2f} | {s['errors']} / {f['errors']} | "
-                f"{s.get('rss_peak_mb', '-')} | {cpu['service']:.0f} / {cpu['postgres']:.0f} / "
+                f"{s.get('rss_peak_mb', '-')} | {s.get('service_cpu_ms_per_request', '-')} | "
+                f"{cpu['service']:.0f} / {cpu['postgres']:.0f} / "
                 f"{cpu['fake_llm']:.0f} / {cpu['loadgen']:.0f} / {cpu['other']:.0f} |"
             )
     out += [
@@ -919,8 +1064,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Each cell: warm-up 2×concurrency+5 requests, then up to "
         f"{FULL.cell_requests if results['mode'] == 'full' else QUICK.cell_requests} requests or "
         f"{FULL.cell_seconds if results['mode'] == 'full' else QUICK.cell_seconds:g} s, whichever "
-        "first. CPU % is of one core (the machine has 200 %); 'other' is the rest of the machine "
-        "(processes this run did not start).",
+        "first. 'added p50' = service p50 − floor p50. CPU % is of one core (the machine has "
+        "200 %): svc = the service worker, pg = PostgreSQL (all backends), llm = the fake LLM, "
+        "gen = the load generator, other = the rest of the machine (processes this run did not "
+        "start; jiffy-granular, so noisy for cells under a second). svc CPU ms/req = the "
+        "worker's CPU time per request: one worker cannot exceed 1000 / that req/s. † = other "
+        f"processes used more than {DISTURBED_OTHER_PCT:g} % of a core during the service or the "
+        "floor cell (the machine is shared; each cell first waits up to --quiet-wait seconds "
+        "for quiet).",
         "",
         "### Targets",
         "",
@@ -953,31 +1104,72 @@ def render_markdown(results: dict[str, Any]) -> str:
         t = tr["turns"][-1]
         out += [
             "",
-            f"SQL per turn (PostgreSQL statement log of one turn): {t['executes']} statements "
-            f"executed in {t['transactions']} transactions, {t['parses']} parses; server time "
-            f"{t['server_ms']:.2f} ms of a {t['wall_ms']:.2f} ms turn.",
+            f"SQL per turn (PostgreSQL statement log of one turn, LLM 0 ms): {t['round_trips']} "
+            f"round trips to PostgreSQL: {t['transactions']} transactions of work plus "
+            f"{t['pings']} pool pre-pings (each `BEGIN; ; ROLLBACK`, i.e. {3 * t['pings']} of the "
+            f"round trips); {t['parses']} parses (prepared statements cached); "
+            f"server time {t['server_ms']:.2f} ms of a {t['wall_ms']:.2f} ms turn (log in "
+            "`bench/out/run-<ts>/sql-trace.txt`).",
         ]
+    micro = results.get("db_micro")
+    if micro:
+        out += [
+            "",
+            f"### Client-side cost of one database operation (`bench/dbmicro.py`, {micro['n']} "
+            "sequential runs each, same PostgreSQL, uvloop)",
+            "",
+            "| operation | CPU µs | wall µs |",
+            "|---|---:|---:|",
+        ]
+        out += [f"| {op['op']} | {op['cpu_us']} | {op['wall_us']} |" for op in micro["ops"]]
     prof = results.get("profile")
     if prof:
         p = prof["summary"]
+        load = prof["load_under_profiler"]
         top = ", ".join(f"{k} {pct}%" for k, _, pct in p["self_by_package"][:8])
         out += [
             "",
-            f"Profile (py-spy, {p['samples']} samples at concurrency 64, LLM 0 ms): self time by "
-            f"package: {top}.",
+            f"### Where the worker's CPU goes (py-spy --gil, {p['samples']} samples, concurrency 64, "
+            f"LLM 0 ms, {load['rps']} req/s under the profiler)",
+            "",
+            f"Self time by package (leaf frame): {top}.",
+            "",
+            "| named cost (inclusive: samples with such a frame on the stack) | share |",
+            "|---|---:|",
         ]
+        out += [f"| {label} | {pct} % |" for label, _, pct in p["watch"]]
+        out += ["", "Hottest leaf functions: " + "; ".join(
+            f"{k} {pct}%" for k, _, pct in p["self_by_function"][:10]) + "."]
+        out += ["", f"Full summary: `{prof['raw'].replace('profile-service.txt', 'profile-summary.txt')}`."]
     return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short cells (a smoke run)")
-    parser.add_argument("--pgport", type=int, default=54340, help="this run's PostgreSQL port")
-    parser.add_argument("--pgdata", default=None, help="default /tmp/chatbots-bench-pg-<port>")
+    parser.add_argument("--pgport", type=int, default=None,
+                        help="this run's PostgreSQL port (default: the first free from 54340)")
+    parser.add_argument("--pgdata", default=None,
+                        help="default /tmp/chatbots-bench-pg-<port>-<pid> (removed at the end)")
     parser.add_argument("--profile", dest="profile", action="store_true", default=None,
                         help="py-spy profile of the service (default: on unless --quick)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
+                        help="before each measurement wait up to this long for other processes "
+                        "to leave the CPU alone (0: do not wait); default 10")
+    parser.add_argument("--rev", default=None,
+                        help="benchmark this git revision (exported to a temp dir) instead of the "
+                        "working tree; results still land in this checkout's bench/out/")
     args = parser.parse_args(argv)
+    if args.rev:
+        argv = sys.argv[1:] if argv is None else argv
+        child, skip = [], False
+        for arg in argv:
+            if skip or arg == "--rev" or arg.startswith("--rev="):
+                skip = arg == "--rev"
+                continue
+            child.append(arg)
+        return run_at_revision(args.rev, argv, child)
 
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -1,9 +1,12 @@
 """One conversation turn of ``incoming_message`` (SPEC §3.2 steps 3–9, §5.2, §5.3, §3.4).
 
-Transactions are short and never span an LLM call: (1) find the chatbot, participant and session;
-(2) claim the session's turn lease, read the history and store the human message — committed
-before the model is called, so nothing the user sent is lost; (3) call the model with no
-transaction open; (4) store the reply, update the session and release the lease.
+Two short transactions, none open while the model answers: (1) find the chatbot, version and
+participant, find the session and claim its turn lease (one UPDATE ... RETURNING), read the
+history and store the human message — committed before the model is called, so nothing the user
+sent is lost; then the model is called with no transaction and no connection held; (2) store the
+reply, update the session and release the lease in one commit.
+
+This is the hot path: its statements are built once at import and history is read as plain rows.
 """
 
 from dataclasses import dataclass, field
