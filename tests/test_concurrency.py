@@ -118,3 +118,54 @@ async def test_no_database_connection_is_held_while_the_llm_answers(client, app,
         stored = await s.scalar(select(func.count()).select_from(ChatMessage).where(ChatMessage.content == text))
     assert stored == 1
     assert (await turn).status_code == 200
+
+
+async def _set_lease(db, session_id: str, until) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    async with db() as s:
+        await s.execute(update(ChatSession).where(ChatSession.external_id == session_id).values(lease_until=until))
+        await s.commit()
+
+
+async def test_a_lease_held_by_another_process_is_waited_for(client, world, db):
+    """Another process mid-turn (its lease set in the database): the turn waits for it."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    sid = (await client.post(world.url, json={"message": "one"}, headers=world.headers)).json()["session_id"]
+    await _set_lease(db, sid, utcnow() + timedelta(seconds=60))
+    turn = asyncio.create_task(client.post(world.url, json={"message": "two"}, headers=world.headers))
+    await asyncio.sleep(0.3)
+    assert not turn.done()  # queued behind the other process's turn
+    await _set_lease(db, sid, None)  # that turn ends
+    r = await asyncio.wait_for(turn, 5)
+    assert r.status_code == 200 and r.json()["session_id"] == sid
+
+
+async def test_an_expired_lease_of_a_crashed_process_does_not_block(client, world, db):
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    sid = (await client.post(world.url, json={"message": "one"}, headers=world.headers)).json()["session_id"]
+    await _set_lease(db, sid, utcnow() - timedelta(seconds=1))
+    r = await asyncio.wait_for(client.post(world.url, json={"message": "two"}, headers=world.headers), 5)
+    assert r.status_code == 200 and r.json()["session_id"] == sid
+
+
+async def test_a_message_queued_behind_a_reset_goes_to_the_new_session(client, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url, model="latency-300")
+    first = await client.post(world.url, json={"message": "hello"}, headers=world.headers)
+    old = first.json()["session_id"]
+    slow = asyncio.create_task(client.post(world.url, json={"message": "slow turn"}, headers=world.headers))
+    await asyncio.sleep(0.1)
+    reset = asyncio.create_task(client.post(world.url, json={"message": "/reset"}, headers=world.headers))
+    await asyncio.sleep(0.05)
+    after = asyncio.create_task(client.post(world.url, json={"message": "after reset"}, headers=world.headers))
+    slow_r, reset_r, after_r = await asyncio.gather(slow, reset, after)
+    assert slow_r.json()["session_id"] == old
+    new = reset_r.json()["session_id"]
+    assert reset_r.json()["response"] == "Conversation reset" and new != old
+    assert after_r.status_code == 200 and after_r.json()["session_id"] == new
