@@ -644,3 +644,19 @@ async def test_failed_turn_is_in_the_history_of_the_next(client, db, fake_llm, s
     await chat(client, w, f"next turn {t}")
     messages = only_request_for(fake_llm, f"next turn {t}")
     assert [m["content"] for m in messages[1:]] == [f"lost turn {t}", f"next turn {t}"]
+
+
+async def test_chatbot_without_a_provider_is_a_502_and_keeps_the_human_message(client, db, settings, fake_llm):
+    world = await make_world(db, settings, api_base=fake_llm.base_url)
+    async with db() as s:
+        await s.execute(update(Chatbot).where(Chatbot.team_id == world.team.id).values(llm_provider_id=None))
+        await s.commit()
+    r = await client.post(world.url, json={"message": "anyone there?"}, headers=world.headers)
+    assert r.status_code == 502
+    body = r.json()
+    assert body["detail"] == "The language model provider failed: this chatbot has no LLM provider."
+    async with db() as s:
+        chat = await s.scalar(select(ChatSession).where(ChatSession.external_id == body["session_id"]))
+        stored = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat.id))).all()
+    assert stored == ["anyone there?"]
+    assert chat.lease_until is None

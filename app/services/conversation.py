@@ -119,13 +119,13 @@ async def handle_incoming_message(
         else:
             turn = await _read_turn_input(db, chat, bot, user_text=message)
             await _insert_message(db, chat.id, MessageRole.human, message)
-        config = llm_config_for(bot, found.provider, settings.effective_secret_key)
         participant_data = (
             await load_participant_data(db, place.participant_id, head.id)
             if prompt.needs_participant_data(bot.system_prompt)
             else None
         )
         await db.commit()  # the human message is stored before the model is called
+        config = llm_config_for(bot, found.provider, settings.effective_secret_key, session_id)
 
         summary = chat.summary
         if len(turn.older_unsummarized) >= SUMMARIZE_BATCH:

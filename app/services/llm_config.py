@@ -8,9 +8,13 @@ from app.models import Chatbot, LlmProvider
 PROVIDER_FAILED = "The language model provider failed: {reason}"
 
 
-def llm_config_for(bot: Chatbot, provider: LlmProvider | None, secret_key: str) -> LlmConfig:
+def llm_config_for(
+    bot: Chatbot, provider: LlmProvider | None, secret_key: str, session_id: str
+) -> LlmConfig:
     if provider is None:
-        raise ProviderFailed(PROVIDER_FAILED.format(reason="this chatbot has no LLM provider."))
+        raise ProviderFailed(
+            PROVIDER_FAILED.format(reason="this chatbot has no LLM provider."), session_id=session_id
+        )
     config = decrypt_config(provider.config, secret_key)
     api_key = config.pop("api_key", None)
     api_base = config.pop("api_base", None)
