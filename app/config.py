@@ -22,8 +22,11 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     secret_key: str = ""
-    database_pool_size: int = 20
-    database_max_overflow: int = 20
+    # Connections are held only for the short transactions of a turn, never across the LLM call,
+    # but a burst of turns needs many at once: keep them pooled rather than opening and closing
+    # overflow connections (each a new PostgreSQL process).
+    database_pool_size: int = 40
+    database_max_overflow: int = 10
 
     # Request limits (SPEC §3.1).
     max_body_bytes: int = 1024 * 1024

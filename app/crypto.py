@@ -50,7 +50,13 @@ def encrypt_config(config: dict[str, Any], secret_key: str) -> dict[str, Any]:
 
 
 def decrypt_config(config: dict[str, Any], secret_key: str) -> dict[str, Any]:
-    return {k: decrypt(v, secret_key) if isinstance(v, str) else v for k, v in config.items()}
+    return {k: _decrypt_cached(v, secret_key) if isinstance(v, str) else v for k, v in config.items()}
+
+
+@lru_cache(maxsize=1024)
+def _decrypt_cached(value: str, secret_key: str) -> str:
+    # A provider's key is decrypted on every turn; the ciphertext names its plaintext exactly.
+    return decrypt(value, secret_key)
 
 
 def sha256_hex(value: str) -> str:

@@ -8,11 +8,11 @@ from app.config import Settings
 from app.llm import LlmClient
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:  # async: no thread-pool hop
     return request.app.state.settings
 
 
-def get_llm(request: Request) -> LlmClient:
+async def get_llm(request: Request) -> LlmClient:
     return request.app.state.llm
 
 
