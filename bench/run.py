@@ -334,6 +334,22 @@ def children_of(ppid: int) -> list[int]:
     return found
 
 
+def client_ports_to(port: int) -> set[int]:
+    """Local ports of ESTABLISHED IPv4 connections whose remote port is ``port`` (from
+    /proc/net/tcp): the client ends of connections to one server on this machine."""
+    ports: set[int] = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split(None, 4)
+                if parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == port:
+                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    return ports
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine."""
     with open("/proc/stat") as f:
@@ -580,13 +596,24 @@ class Bench:
         pid = self.service_pid() if self.service else None
         meter = CpuMeter(pid, self.pg, self.fake.pid if self.fake else 0)
         waited = await self.wait_quiet(meter)
+        pg_sessions_before = self.pg_sessions() if pid else None
         peak = {"rss_kb": 0}
         stop = asyncio.Event()
+        # Connections the service opens to the LLM during the cell (a keep-alive pool that
+        # works opens few). /proc/net/tcp costs milliseconds to read, so it is sampled once a
+        # second: a connection per request would still show as dozens of new ports per sample.
+        llm_port = self.fake_port
+        llm_before = client_ports_to(llm_port) if pid else set()
+        llm_seen: set[int] = set()
 
         async def sample() -> None:
+            tick = 0
             while not stop.is_set():
                 if pid:
                     peak["rss_kb"] = max(peak["rss_kb"], proc_status(pid).get("VmRSS", 0))
+                    if tick % 10 == 0:
+                        llm_seen.update(client_ports_to(llm_port))
+                    tick += 1
                 try:
                     await asyncio.wait_for(stop.wait(), 0.1)
                 except TimeoutError:
@@ -602,9 +629,17 @@ class Bench:
             stop.set()
             await sampler
         cpu = meter.stop()
+        if pid:
+            llm_seen.update(client_ports_to(llm_port))
         summary = result.summary()
         summary["cpu_pct_of_one_core"] = cpu
         summary["waited_for_quiet_s"] = waited
+        if pid:
+            summary["llm_connections_opened"] = len(llm_seen - llm_before)
+            after = self.pg_sessions()
+            if pg_sessions_before is not None and after is not None:
+                # minus the psql session that read the second count
+                summary["pg_connections_opened"] = after - pg_sessions_before - 1
         if pid and summary["requests"]:
             # CPU the service spent per request (ms): what bounds one worker's throughput.
             summary["service_cpu_ms_per_request"] = round(
@@ -616,6 +651,16 @@ class Bench:
             summary["rss_end_mb"] = round(status.get("VmRSS", 0) / 1024, 1)
             summary["hwm_mb"] = round(status.get("VmHWM", 0) / 1024, 1)
         return summary, result
+
+    def pg_sessions(self) -> int | None:
+        """Sessions ever established to the benchmark database (pg_stat_database.sessions):
+        the delta over a cell is how many connections the service's pool opened."""
+        try:
+            return int(self.pg.psql(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            ))  # fmt: skip
+        except (RuntimeError, ValueError):
+            return None
 
     async def wait_quiet(self, meter: CpuMeter) -> float:
         """The machine is shared: before a measurement, wait (bounded) until processes this
@@ -716,7 +761,8 @@ class Bench:
                     )
                     if kind == "floor":
                         for key in ("rss_peak_mb", "rss_end_mb", "hwm_mb",
-                                    "service_cpu_ms_per_request"):
+                                    "service_cpu_ms_per_request", "llm_connections_opened",
+                                    "pg_connections_opened"):
                             summary.pop(key, None)
                     summary |= {"target": kind, "llm_latency_ms": latency}
                     cells.append(summary)
@@ -724,7 +770,9 @@ class Bench:
                     log(f"{kind:7s} latency {latency:3d} ms c={c:2d}: {summary['rps']:8.1f} req/s "
                         f"p50 {summary['p50_ms']:7.2f} p95 {summary['p95_ms']:7.2f} "
                         f"p99 {summary['p99_ms']:7.2f} ms errors {summary['errors']} | "
-                        f"svc CPU/req {summary.get('service_cpu_ms_per_request', '-')} ms | CPU% "
+                        f"svc CPU/req {summary.get('service_cpu_ms_per_request', '-')} ms | "
+                        f"conns opened LLM {summary.get('llm_connections_opened', '-')} "
+                        f"PG {summary.get('pg_connections_opened', '-')} | CPU% "
                         f"svc {cpu['service']} pg {cpu['postgres']} llm {cpu['fake_llm']} "
                         f"gen {cpu['loadgen']} other {cpu['other']}")  # fmt: skip
         self.results["matrix"] = cells
@@ -1039,8 +1087,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "| LLM latency | conc. | service req/s | floor req/s | service/floor | service p50 / p95 / p99 ms "
         "| floor p50 / p95 / p99 ms | added p50 ms | errors (svc/floor) | peak RSS MB | svc CPU ms/req "
-        "| CPU % svc / pg / llm / gen / other |",
-        "|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|---|",
+        "| CPU % svc / pg / llm / gen / other | conns opened LLM / PostgreSQL / requests |",
+        "|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|---|---|",
     ]
     for latency in LATENCIES:
         for c in CONCURRENCIES:
@@ -1057,7 +1105,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"{s['p50_ms'] - f['p50_ms']:+.2f} | {s['errors']} / {f['errors']} | "
                 f"{s.get('rss_peak_mb', '-')} | {s.get('service_cpu_ms_per_request', '-')} | "
                 f"{cpu['service']:.0f} / {cpu['postgres']:.0f} / "
-                f"{cpu['fake_llm']:.0f} / {cpu['loadgen']:.0f} / {cpu['other']:.0f} |"
+                f"{cpu['fake_llm']:.0f} / {cpu['loadgen']:.0f} / {cpu['other']:.0f} | "
+                f"{s.get('llm_connections_opened', '-')} / {s.get('pg_connections_opened', '-')} / "
+                f"{s['requests'] + s['warmup_requests']} |"
             )
     out += [
         "",
@@ -1071,7 +1121,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "worker's CPU time per request: one worker cannot exceed 1000 / that req/s. † = other "
         f"processes used more than {DISTURBED_OTHER_PCT:g} % of a core during the service or the "
         "floor cell (the machine is shared; each cell first waits up to --quiet-wait seconds "
-        "for quiet).",
+        "for quiet). Conns opened: TCP connections from the service to the fake LLM that "
+        "appeared during the cell (/proc/net/tcp sampled once a second) and PostgreSQL sessions "
+        "established (pg_stat_database.sessions), warm-up included.",
         "",
         "### Targets",
         "",
@@ -1105,9 +1157,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         out += [
             "",
             f"SQL per turn (PostgreSQL statement log of one turn, LLM 0 ms): {t['round_trips']} "
-            f"round trips to PostgreSQL: {t['transactions']} transactions of work plus "
-            f"{t['pings']} pool pre-pings (each `BEGIN; ; ROLLBACK`, i.e. {3 * t['pings']} of the "
-            f"round trips); {t['parses']} parses (prepared statements cached); "
+            f"round trips to PostgreSQL in {t['transactions']} transactions"
+            + (f", plus {t['pings']} pool pre-pings (each `BEGIN; ; ROLLBACK`: {3 * t['pings']} "
+               "of the round trips)" if t["pings"] else " (no pool pre-ping)")
+            + f"; {t['parses']} parses (prepared statements cached); "
             f"server time {t['server_ms']:.2f} ms of a {t['wall_ms']:.2f} ms turn (log in "
             "`bench/out/run-<ts>/sql-trace.txt`).",
         ]
@@ -1160,7 +1213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev", default=None,
                         help="benchmark this git revision (exported to a temp dir) instead of the "
                         "working tree; results still land in this checkout's bench/out/")
+    parser.add_argument("--render", metavar="RESULTS_JSON",
+                        help="only print the markdown of an earlier run's results JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        results["targets"] = evaluate(results)
+        print(render_markdown(results))
+        return 0
     if args.rev:
         argv = sys.argv[1:] if argv is None else argv
         child, skip = [], False
