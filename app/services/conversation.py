@@ -9,7 +9,6 @@ reply, update the session and release the lease in one commit.
 This is the hot path: its statements are built once at import and history is read as plain rows.
 """
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, bindparam, insert, select, update
@@ -18,19 +17,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import Principal
 from app.config import Settings
 from app.db import utcnow
-from app.errors import PermissionDenied, ProviderFailed, ProviderTimedOut
-from app.llm import Completion, LlmClient, LlmConfig, LlmError, LlmTimeoutError
+from app.errors import PermissionDenied
+from app.llm import LlmClient, LlmConfig, LlmError
 from app.models import Chatbot, ChatMessage, ChatSession, HistoryMode, MessageRole, Platform
 from app.models import SessionStatus
 from app.services import prompt
 from app.services.chatbots import load_turn_chatbot, parse_public_id
-from app.services.llm_config import PROVIDER_FAILED, llm_config_for
-from app.services.participants import ApiPlace, get_api_place, load_participant_data
+from app.services.llm_config import llm_config_for
+from app.services.participants import get_api_place, load_participant_data
+from app.services.replies import (
+    RESET_COMMAND,
+    RESET_REPLY,
+    TurnInput,
+    TurnResult,
+    build_messages,
+    complete,
+    completion_metadata,
+    gate_reply,
+)
 from app.services.sessions import SessionKey, end_session, open_session, session_turn
 
-NOT_ALLOWED_REPLY = "Sorry, you are not allowed to chat to this bot"
-RESET_REPLY = "Conversation reset"
-RESET_COMMAND = "/reset"
 CONSENT_YES = "1"
 SUMMARIZE_BATCH = 10  # older messages are folded into the summary ten at a time
 # History is read as plain rows, not ORM objects: it is the largest read of a turn.
@@ -55,22 +61,6 @@ _UNSUMMARIZED = (
 NO_USER = "A client-credentials token has no user to chat as; use a user credential."
 
 
-@dataclass
-class TurnResult:
-    response: str
-    session_id: str
-    attachments: list[dict[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class TurnInput:
-    """What the model is asked to answer, read under the lease before anything is written."""
-
-    history: list[Row[Any]]  # newest first: HISTORY_COLUMNS
-    older_unsummarized: list[Row[Any]]  # oldest first (history_mode "summarize" only)
-    user_text: str | None  # None: the last stored human message is the one to answer
-
-
 async def handle_incoming_message(
     db: AsyncSession,
     llm: LlmClient,
@@ -92,11 +82,11 @@ async def handle_incoming_message(
     async with session_turn(db, key, session_external_id, settings.session_lease_seconds) as lease:
         chat = lease.chat
         session_id = chat.external_id
-        gate_reply = _gate_reply(bot, place, principal)
-        if gate_reply is not None:
+        gate = gate_reply(bot, place, principal)
+        if gate is not None:
             await _write_session(db, chat, lease.release_with({}))
             await db.commit()
-            return TurnResult(gate_reply, session_id)
+            return TurnResult(gate, session_id)
         if message.strip().lower() == RESET_COMMAND:
             end_session(chat)
             lease.release_orm()
@@ -130,13 +120,13 @@ async def handle_incoming_message(
         summary = chat.summary
         if len(turn.older_unsummarized) >= SUMMARIZE_BATCH:
             summary = await _summarize(llm, config, chat.summary, turn.older_unsummarized)
-        messages = _build_messages(
+        messages = build_messages(
             bot, chat, participant_data.data if participant_data else {}, turn, summary
         )
-        completion = await _complete(llm, messages, config, session_id)
+        completion = await complete(llm, messages, config, session_id)
 
         await _insert_message(db, chat.id, MessageRole.ai, completion.text,
-                              _completion_metadata(completion), version_label=bot.version_label)  # fmt: skip
+                              completion_metadata(completion), version_label=bot.version_label)  # fmt: skip
         values: dict[str, Any] = {"status": SessionStatus.active, "last_activity_at": utcnow()}
         if bot.version_number not in chat.versions_seen:
             values["versions_seen"] = [*chat.versions_seen, bot.version_number]
@@ -146,15 +136,6 @@ async def handle_incoming_message(
         await _write_session(db, chat, lease.release_with(values))
         await db.commit()
         return TurnResult(completion.text, session_id)
-
-
-def _gate_reply(bot: Chatbot, place: ApiPlace, principal: Principal) -> str | None:
-    """The reply of a gate that stops the turn before anything is stored, if one does."""
-    if not _is_allowed(bot, place.identifier, principal):
-        return NOT_ALLOWED_REPLY
-    if not place.channel_enabled:
-        return place.disabled_message or ""
-    return None
 
 
 # Hot-path statements are built once: building a SQLAlchemy statement costs more CPU than
@@ -189,13 +170,6 @@ async def _insert_message(
             "created_at": utcnow(),
         },
     )
-
-
-def _is_allowed(bot: Chatbot, identifier: str, principal: Principal) -> bool:
-    """An allow-list admits the identifiers on it and the team's members (user credentials
-    always act as a member of the credential's team)."""
-    allowlist = bot.participant_allowlist or []
-    return not allowlist or identifier in allowlist or principal.user_id is not None
 
 
 def _add_message(
@@ -264,34 +238,6 @@ async def _read_turn_input(
     return TurnInput(history=history, older_unsummarized=older, user_text=user_text)
 
 
-def _build_messages(
-    bot: Chatbot,
-    chat: ChatSession,
-    participant_data: dict[str, Any],
-    turn: TurnInput,
-    summary: str | None,
-) -> list[dict[str, str]]:
-    system = prompt.render_system_prompt(
-        bot.system_prompt,
-        participant_data=participant_data,
-        session_state=chat.state,
-        source_material=bot.source_material,
-    )
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    if summary:
-        messages.append(prompt.summary_message(summary))
-    if summary == chat.summary and turn.older_unsummarized:
-        # Too few to fold into the summary yet: show them as they are.
-        messages.extend(prompt.to_openai(m) for m in turn.older_unsummarized)
-    reserved = sum(prompt.estimate_tokens(m["content"]) for m in messages)
-    if turn.user_text is not None:
-        reserved += prompt.estimate_tokens(turn.user_text)
-    messages.extend(prompt.select_history(turn.history, bot.history_mode, bot.token_limit, reserved))
-    if turn.user_text is not None:
-        messages.append({"role": "user", "content": turn.user_text})
-    return messages
-
-
 async def _summarize(
     llm: LlmClient, config: LlmConfig, previous: str | None, older: list[Row[Any]]
 ) -> str | None:
@@ -302,25 +248,3 @@ async def _summarize(
     return completion.text
 
 
-async def _complete(
-    llm: LlmClient, messages: list[dict[str, str]], config: LlmConfig, session_id: str
-) -> Completion:
-    try:
-        return await llm.complete(messages, config)
-    except LlmTimeoutError as exc:
-        raise ProviderTimedOut(PROVIDER_FAILED.format(reason=exc.reason), session_id=session_id)
-    except LlmError as exc:
-        raise ProviderFailed(PROVIDER_FAILED.format(reason=exc.reason), session_id=session_id)
-
-
-def _completion_metadata(completion: Completion) -> dict[str, Any]:
-    return {
-        "model": completion.model,
-        "latency_ms": round(completion.latency_ms, 1),
-        "usage": {
-            "prompt_tokens": completion.usage.prompt_tokens,
-            "completion_tokens": completion.usage.completion_tokens,
-            "total_tokens": completion.usage.total_tokens,
-        },
-        "cost_usd": completion.cost_usd,
-    }
