@@ -71,6 +71,20 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+def is_postgresql(session: AsyncSession) -> bool:
+    return session.bind.dialect.name == "postgresql"
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The session's asyncpg connection (PostgreSQL only), for the hot path's plain SQL.
+
+    Statements on it are outside SQLAlchemy's transaction: run them in the driver's own
+    ``conn.transaction()``, and ``commit()`` the session afterwards to give the connection back.
+    """
+    connection = await session.connection()
+    return (await connection.get_raw_connection()).driver_connection
+
+
 async def insert_or_get(
     session: AsyncSession,
     find: Callable[[], Awaitable[T | None]],

@@ -16,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import Principal
 from app.config import Settings
-from app.db import utcnow
+from app.db import is_postgresql, utcnow
 from app.errors import PermissionDenied
 from app.llm import LlmClient, LlmConfig, LlmError
 from app.models import Chatbot, ChatMessage, ChatSession, HistoryMode, MessageRole, Platform
 from app.models import SessionStatus
 from app.services import prompt
 from app.services.chatbots import load_turn_chatbot, parse_public_id
+from app.services.fast_turn import try_fast_turn
 from app.services.llm_config import llm_config_for
 from app.services.participants import get_api_place, load_participant_data
 from app.services.replies import (
@@ -74,6 +75,13 @@ async def handle_incoming_message(
 ) -> TurnResult:
     if principal.user_id is None or principal.user_email is None:
         raise PermissionDenied(NO_USER)
+    if is_postgresql(db):
+        fast = await try_fast_turn(
+            db, llm, settings, principal, experiment_id=experiment_id, version=version,
+            message=message, session_external_id=session_external_id,
+        )  # fmt: skip
+        if fast is not None:
+            return fast
     found = await load_turn_chatbot(db, principal.team_id, parse_public_id(experiment_id), version)
     head, bot = found.head, found.bot
     place = await get_api_place(db, principal.team_id, principal.user_email, principal.user_id)

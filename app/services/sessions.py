@@ -65,6 +65,13 @@ class Lease:
         self.held = False
 
 
+def session_id_can_exist(external_id: str | None) -> bool:
+    """False for a named session that cannot exist (too long, NUL): no query needed."""
+    return external_id is None or (
+        len(external_id) <= EXTERNAL_ID_LENGTH and "\x00" not in external_id
+    )
+
+
 def end_session(chat: ChatSession, status: SessionStatus = SessionStatus.pending_review) -> None:
     chat.status = status
     chat.ended_at = utcnow()
@@ -148,8 +155,13 @@ async def _find_unclaimable(
 _local_queues: dict[int, tuple[asyncio.Lock, int]] = {}
 
 
+def session_is_queued(session_id: int) -> bool:
+    """Whether a turn of this process holds or waits for the session."""
+    return session_id in _local_queues
+
+
 @contextlib.asynccontextmanager
-async def _local_turn(session_id: int) -> AsyncIterator[None]:
+async def local_turn(session_id: int) -> AsyncIterator[None]:
     lock, users = _local_queues.get(session_id, (asyncio.Lock(), 0))
     _local_queues[session_id] = (lock, users + 1)
     try:
@@ -174,9 +186,7 @@ async def session_turn(
     caller's open transaction, which commits it with its first writes; it is released on exit
     unless the caller folded the release into its last write (``Lease.release_with``).
     """
-    if external_id is not None and (
-        len(external_id) > EXTERNAL_ID_LENGTH or "\x00" in external_id
-    ):
+    if not session_id_can_exist(external_id):
         raise NotFound(SESSION_NOT_FOUND)  # cannot exist: don't ask the database
     params: dict[str, Any] = {
         "p_team_id": key.team_id,
@@ -192,7 +202,7 @@ async def session_turn(
     claimed = chat is not None
     if chat is None:
         chat, claimed = await _find_unclaimable(session, key, external_id, seconds)
-    if claimed and chat.id in _local_queues:
+    if claimed and session_is_queued(chat.id):
         # A turn of this process is queued for this session: go behind it, not ahead.
         await session.execute(
             update(ChatSession).where(ChatSession.id == chat.id).values(lease_until=None)
@@ -201,7 +211,7 @@ async def session_turn(
     if not claimed:
         await session.commit()  # never wait inside a transaction
 
-    async with _local_turn(chat.id):
+    async with local_turn(chat.id):
         current = chat if claimed else await _wait_for_lease(session, chat.id, seconds)
         if current is not None:
             lease = Lease(current)

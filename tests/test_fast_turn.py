@@ -1,0 +1,58 @@
+"""On PostgreSQL the steady-state turn runs on the driver (app/services/fast_turn.py); anything
+else falls back to the general path. The rest of the suite checks that both store the same
+things; these tests check which path served a turn, by recording what the fast path returned
+(a spy around the real function: its behaviour is unchanged)."""
+
+import os
+
+import pytest
+from sqlalchemy import select
+
+import app.services.conversation as conversation
+from app.models import ChatMessage, ChatSession
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CHATBOTS_TEST_DATABASE_URL", "").startswith("postgresql"),
+    reason="the driver fast path is PostgreSQL's",
+)
+
+
+@pytest.fixture
+def served(monkeypatch):  # type: ignore[no-untyped-def]
+    outcomes: list[str] = []
+    real = conversation.try_fast_turn
+
+    async def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await real(*args, **kwargs)
+        outcomes.append("fast" if result is not None else "general")
+        return result
+
+    monkeypatch.setattr(conversation, "try_fast_turn", spy)
+    return outcomes
+
+
+async def test_first_message_is_general_then_steady_state_is_fast(client, world, db, served):
+    first = await client.post(world.url, json={"message": "first"}, headers=world.headers)
+    second = await client.post(world.url, json={"message": "second"}, headers=world.headers)
+    named = await client.post(world.url, json={"message": "third", "session": first.json()["session_id"]}, headers=world.headers)
+    assert [r.status_code for r in (first, second, named)] == [200, 200, 200]
+    assert served == ["general", "fast", "fast"]
+    async with db() as s:
+        chat = await s.scalar(select(ChatSession).where(ChatSession.external_id == first.json()["session_id"]))
+        rows = (await s.scalars(select(ChatMessage).where(ChatMessage.session_id == chat.id).order_by(ChatMessage.id))).all()
+    assert [(m.role, m.content) for m in rows] == [
+        ("human", "first"), ("ai", "echo: first"), ("human", "second"), ("ai", "echo: second"),
+        ("human", "third"), ("ai", "echo: third"),
+    ]
+    assert all(m.version_label == "v1" for m in rows if m.role == "ai")
+    assert rows[-1].message_metadata["usage"]["total_tokens"] > 0
+    assert chat.status == "active" and chat.versions_seen == [1] and chat.lease_until is None
+
+
+async def test_reset_and_unknown_versions_take_the_general_path(client, world, served):
+    await client.post(world.url, json={"message": "hello"}, headers=world.headers)
+    reset = await client.post(world.url, json={"message": "/reset"}, headers=world.headers)
+    missing = await client.post(world.version_url(99), json={"message": "x"}, headers=world.headers)
+    assert reset.json()["response"] == "Conversation reset"
+    assert missing.status_code == 404
+    assert served == ["general", "general", "general"]
