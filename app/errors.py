@@ -7,6 +7,7 @@ FastAPI's own errors) to statuses and JSON bodies.
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -107,12 +108,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(SQLAlchemyTimeoutError)
     @app.exception_handler(OSError)
-    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, DBAPIError) and not _is_unavailable(exc):
             raise exc  # a bug (constraint, SQL error): let it be a logged 500, not a 503
-        # Connection refused / database gone / pool exhausted: a failing dependency. The pool's
-        # pre-ping reconnects by itself once the database is back.
+        # Connection refused / database gone / pool exhausted: a failing dependency.
         log.warning("database unavailable: %s", type(exc).__name__)
+        if not isinstance(exc, DBAPIError | SQLAlchemyTimeoutError):
+            # Raised by the driver itself (the hot path's plain SQL), so SQLAlchemy did not see
+            # the disconnect: drop the pool's connections as it would, and reconnect lazily.
+            await request.app.state.engine.dispose()
         return error_response(ServiceUnavailable())
 
 
