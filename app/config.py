@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # but a burst of turns needs many at once: keep them pooled rather than opening and closing
     # overflow connections (each a new PostgreSQL process).
     database_pool_size: int = 40
-    database_max_overflow: int = 10
+    database_max_overflow: int = 0
 
     # Request limits (SPEC §3.1).
     max_body_bytes: int = 1024 * 1024

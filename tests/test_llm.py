@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 
 from app.llm import (
@@ -27,6 +27,7 @@ from app.llm import (
     Usage,
 )
 from app.llm.base import clean_reason, parse_retry_after
+from app.llm.http import make_http_client
 from app.llm.litellm_provider import route
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +35,8 @@ USER = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with make_http_client() as client:  # the app's own client
         yield client
 
 
@@ -57,7 +58,7 @@ def via_litellm(fake_llm, model: str) -> LlmConfig:
     return LlmConfig("litellm", f"openai/{model}", api_key="sk-fake", api_base=fake_llm.base_url)
 
 
-def client(http: httpx.AsyncClient, **kwargs) -> LlmClient:
+def client(http: aiohttp.ClientSession, **kwargs) -> LlmClient:
     kwargs.setdefault("timeout", 2.0)
     kwargs.setdefault("backoff_base", 0.01)
     return LlmClient(http, **kwargs)
@@ -234,10 +235,11 @@ async def test_configuration_errors(http):
 
 
 async def test_echo_provider_is_offline():
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise AssertionError("echo must not use the network")
+    class Refusing(aiohttp.BaseConnector):
+        async def _create_connection(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("echo must not use the network")
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as offline:
+    async with aiohttp.ClientSession(connector=Refusing()) as offline:
         messages = [
             {"role": "system", "content": "sys"},
             {"role": "user", "content": "one"},

@@ -1,6 +1,6 @@
 """The LLM layer (SPEC §5.4): ``await LlmClient(http).complete(messages, LlmConfig(...))``.
 
-OpenAI-compatible providers use a plain httpx fast path; other providers go through litellm,
+OpenAI-compatible providers use a plain HTTP (aiohttp) fast path; other providers go through litellm,
 imported lazily on first use (importing this package never imports litellm); ``echo`` is offline.
 """
 

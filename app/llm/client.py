@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import replace
 
-import httpx
+import aiohttp
 
 from . import litellm_provider, openai_compat
 from .base import Completion, LlmConfig, LlmProviderError, LlmTimeoutError, TransientError
@@ -28,7 +28,7 @@ _MAX_BACKOFF_SECONDS = 30.0
 class LlmClient:
     def __init__(
         self,
-        http_client: httpx.AsyncClient,
+        http_client: aiohttp.ClientSession,
         *,
         timeout: float = 60.0,
         max_retries: int = 2,

@@ -1,4 +1,4 @@
-"""The fast path: one plain httpx POST to an OpenAI-compatible ``/chat/completions`` endpoint.
+"""The fast path: one plain HTTP POST to an OpenAI-compatible ``/chat/completions`` endpoint.
 
 One attempt only; :class:`app.llm.client.LlmClient` owns timeouts and retries. Permanent failures
 raise :class:`LlmProviderError`, retryable ones :class:`TransientError`.
@@ -7,7 +7,7 @@ raise :class:`LlmProviderError`, retryable ones :class:`TransientError`.
 import re
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from .base import (
@@ -79,7 +79,7 @@ def build_request(
 
 
 async def complete_once(
-    http: httpx.AsyncClient,
+    http: aiohttp.ClientSession,
     request: tuple[str, dict[str, str], bytes],
     config: LlmConfig,
     timeout: float,
@@ -87,30 +87,31 @@ async def complete_once(
     """One attempt of the request made by :func:`build_request`."""
     url, headers, body = request
     try:
-        response = await http.post(
-            url, content=body, headers=headers, timeout=httpx.Timeout(timeout)
-        )
-    except httpx.TimeoutException as exc:
+        async with http.post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            status = response.status
+            content = await response.read()
+            retry_after = response.headers.get("retry-after")
+    except TimeoutError as exc:
         raise TransientError(f"timed out ({type(exc).__name__})", timed_out=True) from None
-    except httpx.UnsupportedProtocol:
-        raise LlmProviderError("invalid api_base (unsupported protocol)") from None
-    except httpx.TransportError as exc:
+    except aiohttp.InvalidURL:
+        raise LlmProviderError("invalid api_base") from None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         detail = clean_reason(str(exc), config.api_key) or type(exc).__name__
         raise TransientError(f"could not reach provider: {detail}") from None
-    except httpx.InvalidURL:
-        raise LlmProviderError("invalid api_base") from None
+    except aiohttp.ClientError as exc:
+        detail = clean_reason(str(exc), config.api_key) or type(exc).__name__
+        raise LlmProviderError(f"invalid request to provider: {detail}") from None
 
-    status = response.status_code
     if status != 200:
-        reason = http_reason(status, error_message(response.content), config.api_key)
+        reason = http_reason(status, error_message(content), config.api_key)
         if is_transient_status(status):
             raise TransientError(
-                reason,
-                status_code=status,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                reason, status_code=status, retry_after=parse_retry_after(retry_after)
             )
         raise LlmProviderError(reason, status_code=status)
-    return parse_completion(response.content, config.model)
+    return parse_completion(content, config.model)
 
 
 def error_message(content: bytes) -> str | None:
