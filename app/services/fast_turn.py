@@ -23,7 +23,7 @@ from app.auth.principal import Principal
 from app.config import Settings
 from app.db import driver_connection, utcnow
 from app.llm import LlmClient
-from app.models import Chatbot, HistoryMode, LlmProvider, MessageRole, SessionStatus
+from app.models import Chatbot, HistoryMode, LlmProvider, SessionStatus
 from app.services import prompt
 from app.services.chatbots import parse_public_id
 from app.services.llm_config import llm_config_for
@@ -39,47 +39,64 @@ from app.services.replies import (
 )
 from app.services.sessions import local_turn, session_id_can_exist, session_is_queued
 
-# The answering version's bot config (published, numbered, or the head), its provider, and the
-# head's id: the same resolution as services.chatbots.load_turn_chatbot.
-_CHATBOT = """
-SELECT h.id AS head_id, h.version_number AS head_number, v.id AS version_id,
-       b.version_number, b.working_version_id, b.llm_model, b.temperature, b.max_tokens,
-       b.system_prompt, b.history_mode, b.max_history_length, b.token_limit, b.source_material,
-       b.participant_allowlist, b.consent_text, b.confirmation_text, b.seed_message,
-       p.type AS provider_type, p.config AS provider_config
-FROM chatbot h
-LEFT JOIN chatbot v ON v.working_version_id = h.id AND (
-    CASE WHEN $3::int IS NULL THEN v.is_published
-         ELSE v.version_number = $3::int AND NOT v.is_archived END)
-JOIN chatbot b ON b.id = COALESCE(v.id, h.id)
-LEFT JOIN llm_provider p ON p.id = b.llm_provider_id
-WHERE h.public_id = $1 AND h.team_id = $2 AND h.working_version_id IS NULL AND NOT h.is_archived
+# 1. The answering version's bot config (published, numbered, or the head; the same resolution
+# as services.chatbots.load_turn_chatbot), its provider, the head's id, and the user's place
+# (the team's API channel and the participant). No row: not the steady state.
+_CHATBOT_AND_PLACE = """
+SELECT bot.*, place.* FROM (
+    SELECT h.id AS head_id, h.version_number AS head_number, v.id AS version_id,
+           b.version_number, b.working_version_id, b.llm_model, b.temperature, b.max_tokens,
+           b.system_prompt, b.history_mode, b.max_history_length, b.token_limit,
+           b.source_material, b.participant_allowlist, b.consent_text, b.confirmation_text,
+           b.seed_message, p.type AS provider_type, p.config AS provider_config
+    FROM chatbot h
+    LEFT JOIN chatbot v ON v.working_version_id = h.id AND (
+        CASE WHEN $3::int IS NULL THEN v.is_published
+             ELSE v.version_number = $3::int AND NOT v.is_archived END)
+    JOIN chatbot b ON b.id = COALESCE(v.id, h.id)
+    LEFT JOIN llm_provider p ON p.id = b.llm_provider_id
+    WHERE h.public_id = $1 AND h.team_id = $2 AND h.working_version_id IS NULL
+      AND NOT h.is_archived
+) bot CROSS JOIN (
+    SELECT c.id AS channel_id, c.enabled, c.disabled_message, pt.id AS participant_id
+    FROM channel c
+    JOIN participant pt ON pt.team_id = $2 AND pt.platform = 'api' AND pt.identifier = $4
+    WHERE c.team_id = $2 AND c.chatbot_id IS NULL AND c.platform = 'api' AND NOT c.deleted
+) place
 """
-_PLACE = """
-SELECT c.id AS channel_id, c.enabled, c.disabled_message, p.id AS participant_id
-FROM channel c
-JOIN participant p ON p.team_id = $1 AND p.platform = 'api' AND p.identifier = $2
-WHERE c.team_id = $1 AND c.chatbot_id IS NULL AND c.platform = 'api' AND NOT c.deleted
+# 2. In one transaction: claim the session's lease, store the human message, and read the
+# history (a CTE's snapshot: the new message is not in it) and the participant's data.
+_CLAIM_STORE_READ = """
+WITH claimed AS (
+    UPDATE chat_session SET lease_until = $6
+    WHERE team_id = $1 AND chatbot_id = $2 AND channel_id = $3 AND participant_id = $4
+      AND ($7::varchar IS NULL OR external_id = $7::varchar)
+      AND ended_at IS NULL AND (lease_until IS NULL OR lease_until < $5)
+    RETURNING id, external_id, status, state, versions_seen, summary
+), human AS (
+    INSERT INTO chat_message (session_id, role, content, metadata, version_label, hidden,
+                              created_at)
+    SELECT id, 'human', $8, '{}'::jsonb, NULL, false, $5 FROM claimed
+)
+SELECT c.id, c.external_id, c.status, c.state, c.versions_seen, c.summary,
+    (SELECT coalesce(json_agg(json_build_array(m.id, m.role, m.content)
+                              ORDER BY m.created_at DESC, m.id DESC), '[]')
+     FROM (SELECT id, role, content, created_at FROM chat_message
+           WHERE session_id = c.id AND NOT hidden
+           ORDER BY created_at DESC, id DESC LIMIT $9) m) AS history,
+    (SELECT data FROM participant_data WHERE participant_id = $4 AND chatbot_id = $2)
+        AS participant_data
+FROM claimed c
 """
-_CLAIM = """
-UPDATE chat_session SET lease_until = $6
-WHERE team_id = $1 AND chatbot_id = $2 AND channel_id = $3 AND participant_id = $4
-  AND ($7::varchar IS NULL OR external_id = $7::varchar)
-  AND ended_at IS NULL AND (lease_until IS NULL OR lease_until < $5)
-RETURNING id, external_id, status, state, versions_seen, summary
-"""
-_HISTORY = """
-SELECT id, role, content, hidden FROM chat_message
-WHERE session_id = $1 AND NOT hidden ORDER BY created_at DESC, id DESC LIMIT $2
-"""
-_PARTICIPANT_DATA = "SELECT data FROM participant_data WHERE participant_id = $1 AND chatbot_id = $2"
-_INSERT_MESSAGE = """
-INSERT INTO chat_message (session_id, role, content, metadata, version_label, hidden, created_at)
-VALUES ($1, $2, $3, $4::jsonb, $5, false, $6)
-"""
+# 3. One statement: store the reply, update the session, release the lease.
 _FINISH = """
-UPDATE chat_session SET status = $2, last_activity_at = $3, versions_seen = $4::jsonb,
-       lease_until = NULL
+WITH ai AS (
+    INSERT INTO chat_message (session_id, role, content, metadata, version_label, hidden,
+                              created_at)
+    VALUES ($1, 'ai', $2, $3::jsonb, $4, false, $5)
+)
+UPDATE chat_session SET status = 'active', last_activity_at = $5, versions_seen = $6::jsonb,
+    lease_until = NULL
 WHERE id = $1
 """
 _RELEASE = "UPDATE chat_session SET lease_until = NULL WHERE id = $1"
@@ -123,18 +140,22 @@ async def try_fast_turn(
     async with contextlib.AsyncExitStack() as queue:
         conn = await driver_connection(db)
         try:
-            async with conn.transaction():
-                chatbot, place, chat, history, participant_data = await _begin_turn(
-                    conn, queue, settings, principal, experiment_id, version, message,
-                    session_external_id,
-                )  # fmt: skip
+            found = await conn.fetchrow(
+                _CHATBOT_AND_PLACE, parse_public_id(experiment_id), principal.team_id,
+                version or None, principal.user_email,
+            )  # fmt: skip
+            if found is None or not _version_found(found, version):
+                raise _NotSteadyState  # 404s and first contact: the general path
+            bot = _bot(found)
+            chat, history, participant_data = await _claim_and_store(
+                conn, queue, settings, principal, found, bot, message, session_external_id
+            )
         except _NotSteadyState:
             return None
         finally:
             await db.commit()  # the connection goes back to the pool while the model answers
-        bot = _bot(chatbot)
         try:
-            config = llm_config_for(bot, _provider(chatbot), settings.effective_secret_key,
+            config = llm_config_for(bot, _provider(found), settings.effective_secret_key,
                                     chat.external_id)  # fmt: skip
             turn = TurnInput(history=history, older_unsummarized=[], user_text=message)
             messages = build_messages(bot, chat, participant_data or {}, turn, chat.summary)
@@ -146,64 +167,46 @@ async def try_fast_turn(
         versions_seen = chat.versions_seen
         if bot.version_number not in versions_seen:
             versions_seen = [*versions_seen, bot.version_number]
-        conn = await driver_connection(db)
-        async with conn.transaction():
-            await conn.execute(
-                _INSERT_MESSAGE, chat.id, MessageRole.ai.value, completion.text,
-                orjson.dumps(completion_metadata(completion)).decode(), bot.version_label, utcnow(),
-            )  # fmt: skip
-            await conn.execute(
-                _FINISH, chat.id, SessionStatus.active.value, utcnow(),
-                orjson.dumps(versions_seen).decode(),
-            )  # fmt: skip
+        await (await driver_connection(db)).execute(
+            _FINISH, chat.id, completion.text, orjson.dumps(completion_metadata(completion)).decode(),
+            bot.version_label, utcnow(), orjson.dumps(versions_seen).decode(),
+        )  # fmt: skip
         await db.commit()
     return TurnResult(completion.text, chat.external_id)
 
 
-async def _begin_turn(
+async def _claim_and_store(
     conn: Any,
     queue: contextlib.AsyncExitStack,
     settings: Settings,
     principal: Principal,
-    experiment_id: str,
-    version: int | None,
+    found: Any,
+    bot: Chatbot,
     message: str,
     session_external_id: str | None,
-) -> tuple[Any, Any, _Session, list[_History], dict[str, Any] | None]:
-    """Transaction one: find everything, claim the session, store the human message."""
-    chatbot = await conn.fetchrow(
-        _CHATBOT, parse_public_id(experiment_id), principal.team_id, version or None
-    )
-    place = await conn.fetchrow(_PLACE, principal.team_id, principal.user_email)
-    if chatbot is None or place is None or not _version_found(chatbot, version):
-        raise _NotSteadyState  # 404s, first contact: the general path
-    bot = _bot(chatbot)
-    api_place = ApiPlace(place["participant_id"], principal.user_email or "", place["channel_id"],
-                         place["enabled"], place["disabled_message"])  # fmt: skip
-    if gate_reply(bot, api_place, principal) is not None or bot.history_mode == HistoryMode.summarize:
-        raise _NotSteadyState
+) -> tuple[_Session, list[_History], dict[str, Any] | None]:
+    """Claim the session and store the human message, or raise _NotSteadyState (rolled back)."""
+    place = ApiPlace(found["participant_id"], principal.user_email or "", found["channel_id"],
+                     found["enabled"], found["disabled_message"])  # fmt: skip
+    if gate_reply(bot, place, principal) is not None or bot.history_mode == HistoryMode.summarize:
+        raise _NotSteadyState  # gates and summaries: the general path
     now = utcnow()
-    claimed = await conn.fetchrow(
-        _CLAIM, principal.team_id, chatbot["head_id"], place["channel_id"],
-        place["participant_id"], now, now + timedelta(seconds=settings.session_lease_seconds),
-        session_external_id,
-    )  # fmt: skip
-    if claimed is None or session_is_queued(claimed["id"]) or _consent_pending(bot, claimed):
-        raise _NotSteadyState  # new, busy or named-but-not-found sessions; consent
-    # Join this process's queue for the session now, with no await since the check above, so a
-    # turn that arrives while this one runs queues behind it (see services.sessions).
-    await queue.enter_async_context(local_turn(claimed["id"]))
-    chat = _Session(claimed["id"], claimed["external_id"], claimed["state"], claimed["summary"],
-                    claimed["versions_seen"])  # fmt: skip
     limit = prompt.history_read_limit(bot.history_mode, bot.max_history_length)
-    history = [_History(*row) for row in await conn.fetch(_HISTORY, chat.id, limit)] if limit else []
-    await conn.execute(_INSERT_MESSAGE, chat.id, MessageRole.human.value, message, "{}", None, now)
-    participant_data = (
-        await conn.fetchval(_PARTICIPANT_DATA, place["participant_id"], chatbot["head_id"])
-        if prompt.needs_participant_data(bot.system_prompt)
-        else None
-    )
-    return chatbot, place, chat, history, participant_data
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            _CLAIM_STORE_READ, principal.team_id, found["head_id"], found["channel_id"],
+            found["participant_id"], now, now + timedelta(seconds=settings.session_lease_seconds),
+            session_external_id, message, limit,
+        )  # fmt: skip
+        if row is None or session_is_queued(row["id"]) or _consent_pending(bot, row):
+            raise _NotSteadyState  # new, busy or unknown sessions, consent: rolled back
+        # Join this process's queue for the session now, with no await since the check above,
+        # so a turn that arrives while this one runs queues behind it (see services.sessions).
+        await queue.enter_async_context(local_turn(row["id"]))
+    chat = _Session(row["id"], row["external_id"], row["state"], row["summary"],
+                    row["versions_seen"])  # fmt: skip
+    history = [_History(m[0], m[1], m[2], False) for m in row["history"]]
+    return chat, history, row["participant_data"]
 
 
 def _version_found(row: Any, version: int | None) -> bool:
