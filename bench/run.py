@@ -1081,7 +1081,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Machine: nproc {m.get('nproc')} ({m.get('cpu')}), Python {m.get('python')}, "
         f"PostgreSQL {m.get('postgres')}, Linux {m.get('kernel')}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start', ()))}. Service: ONE worker "
-        "(`chatbots serve --workers 1`), CHATBOTS_LOG_LEVEL=WARNING, default pool (20 + 20).",
+        "(`chatbots serve --workers 1`), CHATBOTS_LOG_LEVEL=WARNING, the default database pool (see CHATBOTS_DATABASE_POOL_SIZE in the README).",
         "",
         "### incoming_message vs the fake LLM alone (the floor)",
         "",
