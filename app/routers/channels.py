@@ -13,6 +13,7 @@ from app.routers.deps import LlmDep, SettingsDep
 from app.routers.openapi_docs import error_responses, request_body
 from app.schemas import ApiMessage, ApiResponseMessage
 from app.services.conversation import handle_incoming_message
+from app.services.replies import TurnRequest
 from app.services.idempotency import request_fingerprint, run_idempotent
 
 router = APIRouter(tags=["Channels"])
@@ -62,11 +63,8 @@ async def _incoming(
     require_interact(principal)
 
     async def turn() -> dict[str, Any]:
-        result = await handle_incoming_message(
-            db, llm, settings, principal,
-            experiment_id=experiment_id, version=version,
-            message=body.message, session_external_id=body.session,
-        )  # fmt: skip
+        request = TurnRequest(principal, experiment_id, version, body.message, body.session)
+        result = await handle_incoming_message(db, llm, settings, request)
         return {
             "response": result.response,
             "attachments": result.attachments,

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.principal import Principal
 from app.config import Settings
 from app.db import is_postgresql, utcnow
 from app.errors import PermissionDenied
@@ -30,6 +29,7 @@ from app.services.replies import (
     RESET_COMMAND,
     RESET_REPLY,
     TurnInput,
+    TurnRequest,
     TurnResult,
     build_messages,
     complete,
@@ -63,31 +63,22 @@ NO_USER = "A client-credentials token has no user to chat as; use a user credent
 
 
 async def handle_incoming_message(
-    db: AsyncSession,
-    llm: LlmClient,
-    settings: Settings,
-    principal: Principal,
-    *,
-    experiment_id: str,
-    version: int | None,
-    message: str,
-    session_external_id: str | None,
+    db: AsyncSession, llm: LlmClient, settings: Settings, request: TurnRequest
 ) -> TurnResult:
+    principal, message = request.principal, request.message
     if principal.user_id is None or principal.user_email is None:
         raise PermissionDenied(NO_USER)
-    if is_postgresql(db):
-        fast = await try_fast_turn(
-            db, llm, settings, principal, experiment_id=experiment_id, version=version,
-            message=message, session_external_id=session_external_id,
-        )  # fmt: skip
-        if fast is not None:
-            return fast
-    found = await load_turn_chatbot(db, principal.team_id, parse_public_id(experiment_id), version)
+    if is_postgresql(db) and (fast := await try_fast_turn(db, llm, settings, request)):
+        return fast
+    found = await load_turn_chatbot(
+        db, principal.team_id, parse_public_id(request.experiment_id), request.version
+    )
     head, bot = found.head, found.bot
     place = await get_api_place(db, principal.team_id, principal.user_email, principal.user_id)
     key = SessionKey(principal.team_id, head.id, place.channel_id, place.participant_id, Platform.api)
 
-    async with session_turn(db, key, session_external_id, settings.session_lease_seconds) as lease:
+    lease_seconds = settings.session_lease_seconds
+    async with session_turn(db, key, request.session_external_id, lease_seconds) as lease:
         chat = lease.chat
         session_id = chat.external_id
         gate = gate_reply(bot, place, principal)

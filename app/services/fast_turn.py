@@ -31,6 +31,7 @@ from app.services.participants import ApiPlace
 from app.services.replies import (
     RESET_COMMAND,
     TurnInput,
+    TurnRequest,
     TurnResult,
     build_messages,
     complete,
@@ -122,17 +123,11 @@ class _NotSteadyState(Exception):
 
 
 async def try_fast_turn(
-    db: AsyncSession,
-    llm: LlmClient,
-    settings: Settings,
-    principal: Principal,
-    *,
-    experiment_id: str,
-    version: int | None,
-    message: str,
-    session_external_id: str | None,
+    db: AsyncSession, llm: LlmClient, settings: Settings, request: TurnRequest
 ) -> TurnResult | None:
     """The turn, or None when it is not the steady state (nothing written then)."""
+    principal, message, version = request.principal, request.message, request.version
+    session_external_id = request.session_external_id
     if principal.user_id is None or principal.user_email is None:
         return None
     if message.strip().lower() == RESET_COMMAND or not session_id_can_exist(session_external_id):
@@ -141,7 +136,7 @@ async def try_fast_turn(
         conn = await driver_connection(db)
         try:
             found = await conn.fetchrow(
-                _CHATBOT_AND_PLACE, parse_public_id(experiment_id), principal.team_id,
+                _CHATBOT_AND_PLACE, parse_public_id(request.experiment_id), principal.team_id,
                 version or None, principal.user_email,
             )  # fmt: skip
             if found is None or not _version_found(found, version):

@@ -32,6 +32,17 @@ class SessionState(Protocol):
     summary: str | None
 
 
+@dataclass(frozen=True)
+class TurnRequest:
+    """One incoming message: who sends what to which chatbot, version and session."""
+
+    principal: Principal
+    experiment_id: str
+    version: int | None
+    message: str
+    session_external_id: str | None
+
+
 @dataclass
 class TurnResult:
     response: str
