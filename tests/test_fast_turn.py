@@ -23,7 +23,11 @@ def served(monkeypatch):  # type: ignore[no-untyped-def]
     real = conversation.try_fast_turn
 
     async def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        result = await real(*args, **kwargs)
+        try:
+            result = await real(*args, **kwargs)
+        except Exception:
+            outcomes.append("fast, raised")
+            raise
         outcomes.append("fast" if result is not None else "general")
         return result
 
@@ -56,3 +60,28 @@ async def test_reset_and_unknown_versions_take_the_general_path(client, world, s
     assert reset.json()["response"] == "Conversation reset"
     assert missing.status_code == 404
     assert served == ["general", "general", "general"]
+
+
+async def test_provider_failure_on_the_fast_path_keeps_the_message_and_frees_the_session(client, world, db, served):
+    from sqlalchemy import update
+
+    from app.models import Chatbot
+
+    async def use_model(model: str) -> None:
+        async with db() as s:
+            await s.execute(update(Chatbot).where(Chatbot.team_id == world.team.id).values(llm_model=model))
+            await s.commit()
+
+    first = await client.post(world.url, json={"message": "before"}, headers=world.headers)
+    await use_model("fail-500")
+    failed = await client.post(world.url, json={"message": "lost?"}, headers=world.headers)
+    await use_model("fake-model")
+    after = await client.post(world.url, json={"message": "after"}, headers=world.headers)
+    assert (first.status_code, failed.status_code, after.status_code) == (200, 502, 200)
+    assert failed.json()["session_id"] == first.json()["session_id"]
+    assert served == ["general", "fast, raised", "fast"]
+    async with db() as s:
+        chat = await s.scalar(select(ChatSession).where(ChatSession.external_id == first.json()["session_id"]))
+        contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat.id).order_by(ChatMessage.id))).all()
+    assert contents == ["before", "echo: before", "lost?", "after", "echo: after"]
+    assert chat.lease_until is None
