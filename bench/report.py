@@ -1,0 +1,233 @@
+"""The targets a run is judged by, PASS/FAIL per target, the markdown of a run (the table for
+``bench/RESULTS.md``) and the results files ``bench/out/results-<ts>.json`` and ``.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    CONCURRENCIES, DISTURBED_OTHER_PCT, FULL, HISTORY_MESSAGES, LATENCIES, QUICK, shown,
+)  # fmt: skip
+
+TARGET_ADDED_MS = 5.0
+TARGET_RPS_0 = 400.0
+TARGET_RPS_200 = 0.9 * 64 / 0.2  # 90 % of the ideal 320 req/s
+TARGET_RSS_MB = 150.0
+TARGET_RSS_GROWTH = 0.05
+TARGET_STARTUP_S = 2.0
+TARGET_HISTORY = 0.10
+
+
+def _cell(results: dict[str, Any], target: str, latency: int, c: int) -> dict[str, Any]:
+    for cell in results.get("matrix", []):
+        if cell["target"] == target and cell["llm_latency_ms"] == latency and cell["concurrency"] == c:
+            return cell
+    return {}
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = []
+
+    def add(name: str, measured: str, ok: bool | None) -> None:
+        targets.append({"target": name, "measured": measured,
+                        "result": "n/a" if ok is None else ("PASS" if ok else "FAIL")})  # fmt: skip
+
+    added = {}
+    for latency in LATENCIES:
+        s, f = _cell(results, "service", latency, 1), _cell(results, "floor", latency, 1)
+        if s and f:
+            added[latency] = s["p50_ms"] - f["p50_ms"]
+    add(
+        f"Added p50 latency at concurrency 1 <= {TARGET_ADDED_MS:g} ms (LLM 0 and 200 ms)",
+        ", ".join(f"{v:.2f} ms (LLM {k} ms)" for k, v in added.items()) or "-",
+        all(v <= TARGET_ADDED_MS for v in added.values()) if added else None,
+    )
+    s0 = _cell(results, "service", 0, 64)
+    add(
+        f"LLM 0 ms, concurrency 64: >= {TARGET_RPS_0:g} req/s, 0 errors",
+        f"{s0['rps']} req/s, {s0['errors']} errors" if s0 else "-",
+        (s0["rps"] >= TARGET_RPS_0 and s0["errors"] == 0) if s0 else None,
+    )
+    s2 = _cell(results, "service", 200, 64)
+    add(
+        f"LLM 200 ms, concurrency 64: >= {TARGET_RPS_200:g} req/s (90 % of 320), 0 errors",
+        f"{s2['rps']} req/s ({100 * s2['rps'] / 320:.1f} % of 320), {s2['errors']} errors"
+        if s2 else "-",
+        (s2["rps"] >= TARGET_RPS_200 and s2["errors"] == 0) if s2 else None,
+    )
+    rss = results.get("rss_run")
+    if rss:
+        n = rss["planned_requests"]
+        add(
+            f"Peak RSS after {n:,} requests <= {TARGET_RSS_MB:g} MB",
+            f"VmHWM {rss['vmhwm_mb']} MB ({rss['requests']:,} requests done)",
+            rss["vmhwm_mb"] <= TARGET_RSS_MB and rss["requests"] >= n,
+        )
+        add(
+            f"RSS growth from request {n // 2:,} to {n:,} <= {100 * TARGET_RSS_GROWTH:g} %",
+            f"{rss['rss_at_half_mb']} -> {rss['rss_at_end_mb']} MB ({rss['growth_pct']:+.2f} %)"
+            if rss["growth_pct"] is not None else "-",
+            (rss["growth_pct"] is not None and rss["growth_pct"] <= 100 * TARGET_RSS_GROWTH),
+        )
+    st = results.get("startup_s")
+    if st:
+        add(
+            f"Start-up to first 200 from /healthz <= {TARGET_STARTUP_S:g} s (worst of trials)",
+            f"max {st['max']} s, median {st['median']} s, trials {st['trials']}",
+            st["max"] <= TARGET_STARTUP_S,
+        )
+    h = results.get("history")
+    if h:
+        add(
+            f"p50 with {HISTORY_MESSAGES:,} stored messages within {100 * TARGET_HISTORY:g} % of a "
+            "new session's",
+            f"{h['p50_ms_history']} ms vs {h['p50_ms_fresh']} ms ({h['diff_pct']:+.1f} %)",
+            h["diff_pct"] is not None and h["diff_pct"] <= 100 * TARGET_HISTORY,
+        )
+    return targets
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    out = [
+        f"## Run {results['timestamp']} ({results['mode']})",
+        "",
+        f"Command: `{results['command']}` (from the repository root, venv active; "
+        f"{results.get('duration_s', '?')} s)",
+        "",
+        f"Code: commit {results.get('code', {}).get('commit', '?')[:12]}"
+        + (" with uncommitted changes in app/" if results.get("code", {}).get("app_dirty") else "")
+        + (f" ({results['code']['source']})" if results.get("code", {}).get("source") else "")
+        + ".",
+        "",
+        f"Machine: nproc {m.get('nproc')} ({m.get('cpu')}), Python {m.get('python')}, "
+        f"PostgreSQL {m.get('postgres')}, Linux {m.get('kernel')}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start', ()))}. Service: ONE worker "
+        "(`chatbots serve --workers 1`), CHATBOTS_LOG_LEVEL=WARNING, the default database pool (see CHATBOTS_DATABASE_POOL_SIZE in the README).",
+        "",
+        "### incoming_message vs the fake LLM alone (the floor)",
+        "",
+        "| LLM latency | conc. | service req/s | floor req/s | service/floor | service p50 / p95 / p99 ms "
+        "| floor p50 / p95 / p99 ms | added p50 ms | errors (svc/floor) | peak RSS MB | svc CPU ms/req "
+        "| CPU % svc / pg / llm / gen / other | conns opened LLM / PostgreSQL / requests |",
+        "|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|---|---|",
+    ]
+    for latency in LATENCIES:
+        for c in CONCURRENCIES:
+            s, f = _cell(results, "service", latency, c), _cell(results, "floor", latency, c)
+            if not s or not f:
+                continue
+            cpu = s["cpu_pct_of_one_core"]
+            mark = " †" if max(s["cpu_pct_of_one_core"]["other"],
+                               f["cpu_pct_of_one_core"]["other"]) > DISTURBED_OTHER_PCT else ""  # fmt: skip
+            out.append(
+                f"| {latency} ms | {c}{mark} | {s['rps']:.1f} | {f['rps']:.1f} | "
+                f"{s['rps'] / f['rps']:.3f} | {s['p50_ms']:.2f} / {s['p95_ms']:.2f} / {s['p99_ms']:.2f} | "
+                f"{f['p50_ms']:.2f} / {f['p95_ms']:.2f} / {f['p99_ms']:.2f} | "
+                f"{s['p50_ms'] - f['p50_ms']:+.2f} | {s['errors']} / {f['errors']} | "
+                f"{s.get('rss_peak_mb', '-')} | {s.get('service_cpu_ms_per_request', '-')} | "
+                f"{cpu['service']:.0f} / {cpu['postgres']:.0f} / "
+                f"{cpu['fake_llm']:.0f} / {cpu['loadgen']:.0f} / {cpu['other']:.0f} | "
+                f"{s.get('llm_connections_opened', '-')} / {s.get('pg_connections_opened', '-')} / "
+                f"{s['requests'] + s['warmup_requests']} |"
+            )
+    out += [
+        "",
+        "Each cell: warm-up 2×concurrency+5 requests, then up to "
+        f"{FULL.cell_requests if results['mode'] == 'full' else QUICK.cell_requests} requests or "
+        f"{FULL.cell_seconds if results['mode'] == 'full' else QUICK.cell_seconds:g} s, whichever "
+        "first. 'added p50' = service p50 − floor p50. CPU % is of one core (the machine has "
+        "200 %): svc = the service worker, pg = PostgreSQL (all backends), llm = the fake LLM, "
+        "gen = the load generator, other = the rest of the machine (processes this run did not "
+        "start; jiffy-granular, so noisy for cells under a second). svc CPU ms/req = the "
+        "worker's CPU time per request: one worker cannot exceed 1000 / that req/s. † = other "
+        f"processes used more than {DISTURBED_OTHER_PCT:g} % of a core during the service or the "
+        "floor cell (the machine is shared; each cell first waits up to --quiet-wait seconds "
+        "for quiet). Conns opened: TCP connections from the service to the fake LLM that "
+        "appeared during the cell (/proc/net/tcp sampled once a second) and PostgreSQL sessions "
+        "established (pg_stat_database.sessions), warm-up included.",
+        "",
+        "### Targets",
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+    ]
+    out += [f"| {t['target']} | {t['measured']} | **{t['result']}** |" for t in results["targets"]]
+    rss = results.get("rss_run")
+    if rss:
+        load = rss["load"]
+        out += [
+            "",
+            f"RSS run: {load['requests']:,} requests at concurrency 64, LLM 0 ms, on a fresh worker: "
+            f"{load['rps']} req/s, {load['errors']} errors, p50 {load['p50_ms']} ms, p99 "
+            f"{load['p99_ms']} ms. RSS idle {rss['idle_rss_mb']} MB → {rss['rss_at_half_mb']} MB at "
+            f"request {rss['planned_requests'] // 2:,} → {rss['rss_at_end_mb']} MB at "
+            f"{rss['planned_requests']:,}; VmHWM {rss['vmhwm_mb']} MB.",
+        ]
+    h = results.get("history")
+    if h:
+        out += [
+            "",
+            f"History: {h['stored_messages']:,} messages in one session; p50 at concurrency 1 "
+            f"(LLM 0 ms, {h['requests']['history']} vs {h['requests']['fresh']} requests in "
+            f"alternating rounds): {h['p50_ms_history']} ms vs {h['p50_ms_fresh']} ms for a new "
+            f"session ({h['diff_pct']:+.1f} %).",
+        ]
+    tr = results.get("sql_trace")
+    if tr:
+        t = tr["turns"][-1]
+        out += [
+            "",
+            f"SQL per turn (PostgreSQL statement log of one turn, LLM 0 ms): {t['round_trips']} "
+            f"round trips to PostgreSQL in {t['transactions']} transactions"
+            + (f", plus {t['pings']} pool pre-pings (each `BEGIN; ; ROLLBACK`: {3 * t['pings']} "
+               "of the round trips)" if t["pings"] else " (no pool pre-ping)")
+            + f"; {t['parses']} parses (prepared statements cached); "
+            f"server time {t['server_ms']:.2f} ms of a {t['wall_ms']:.2f} ms turn (log in "
+            "`bench/out/run-<ts>/sql-trace.txt`).",
+        ]
+    micro = results.get("db_micro")
+    if micro:
+        out += [
+            "",
+            f"### Client-side cost of one database operation (`bench/dbmicro.py`, {micro['n']} "
+            "sequential runs each, same PostgreSQL, uvloop)",
+            "",
+            "| operation | CPU µs | wall µs |",
+            "|---|---:|---:|",
+        ]
+        out += [f"| {op['op']} | {op['cpu_us']} | {op['wall_us']} |" for op in micro["ops"]]
+    prof = results.get("profile")
+    if prof:
+        p = prof["summary"]
+        load = prof["load_under_profiler"]
+        top = ", ".join(f"{k} {pct}%" for k, _, pct in p["self_by_package"][:8])
+        out += [
+            "",
+            f"### Where the worker's CPU goes (py-spy --gil, {p['samples']} samples, concurrency 64, "
+            f"LLM 0 ms, {load['rps']} req/s under the profiler)",
+            "",
+            f"Self time by package (leaf frame): {top}.",
+            "",
+            "| named cost (inclusive: samples with such a frame on the stack) | share |",
+            "|---|---:|",
+        ]
+        out += [f"| {label} | {pct} % |" for label, _, pct in p["watch"]]
+        out += ["", "Hottest leaf functions: " + "; ".join(
+            f"{k} {pct}%" for k, _, pct in p["self_by_function"][:10]) + "."]
+        out += ["", f"Full summary: `{prof['raw'].replace('profile-service.txt', 'profile-summary.txt')}`."]
+    return "\n".join(out) + "\n"
+
+
+def write_results(results: dict[str, Any], out_dir: Path, ts: str) -> None:
+    """Write the JSON and the markdown of a finished run and print the markdown."""
+    json_path = out_dir / f"results-{ts}.json"
+    json_path.write_text(json.dumps(results, indent=2, default=str))
+    markdown = render_markdown(results)
+    md_path = out_dir / f"results-{ts}.md"
+    md_path.write_text(markdown)
+    print("\n" + markdown)
+    print(f"\nwrote {shown(json_path)} and {shown(md_path)} "
+          f"({results['duration_s']} s)")  # fmt: skip
