@@ -13,7 +13,7 @@ from app.db import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.llm import LlmClient
 from app.llm.http import make_http_client
-from app.routers import channels, health
+from app.routers import channels, docs, health
 from app.routers.openapi_docs import install_openapi
 
 DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply.
@@ -79,11 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # served by app.routers.docs from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(channels.router)
+    app.include_router(docs.router)
     install_openapi(app)
     return app

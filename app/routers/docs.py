@@ -1,0 +1,36 @@
+"""Swagger UI at ``/docs``, served from this service (no CDN: it works offline and behind strict
+networks). The Swagger UI 5 bundle comes from the pinned ``fastapi-swagger`` package's resources."""
+
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+
+from app.errors import NotFound
+
+router = APIRouter(include_in_schema=False)
+
+ASSETS = resources.files("fastapi_swagger") / "resources"
+ASSET_NAMES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
+
+
+@router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{request.app.openapi_url}",
+        title=f"{request.app.title} - Swagger UI",
+        swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+        swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+        swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+    )
+
+
+@router.get("/docs/assets/{name}")
+async def swagger_asset(name: str) -> FileResponse:
+    if name not in ASSET_NAMES:
+        raise NotFound()
+    with resources.as_file(ASSETS / name) as path:
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
