@@ -30,7 +30,7 @@ class ApiResponseAttachment(BaseModel):
 
 class ApiResponseMessage(BaseModel):
     response: str = Field(description="The chatbot's reply.")
-    attachments: list[ApiResponseAttachment] = Field(default_factory=list)
+    attachments: list[ApiResponseAttachment] = Field(description="Always present; may be empty.")
     session_id: str = Field(description="The session's id: pass it as `session` to continue.")
 
 

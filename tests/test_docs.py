@@ -51,3 +51,26 @@ def test_swagger_ui_renders_the_seed_operations_in_a_real_browser(tmp_path):
     for text in ("New API Message", "New API Message Versioned", "/channels/api/{experiment_id}/incoming_message",
                  "Channels", "Authorize"):  # fmt: skip
         assert text in dom, text
+
+
+async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
+    doc = (await client.get("/openapi.json")).json()
+    paths = doc["paths"]
+    plain = paths["/channels/api/{experiment_id}/incoming_message"]["post"]
+    pinned = paths["/channels/api/{experiment_id}/v{version}/incoming_message"]["post"]
+    assert (plain["summary"], pinned["summary"]) == ("New API Message", "New API Message Versioned")
+    assert plain["tags"] == pinned["tags"] == ["Channels"]
+    body_ref = plain["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body_ref == "#/components/schemas/ApiMessage"
+    schemas = doc["components"]["schemas"]
+    assert {"ApiMessage", "ApiResponseMessage", "ApiResponseAttachment"} <= set(schemas)
+    assert set(schemas["ApiResponseMessage"]["required"]) == {"response", "attachments", "session_id"}
+    assert {"400", "401", "403", "404", "405", "413", "415", "502", "503", "504"} <= set(plain["responses"])
+    assert "422" not in plain["responses"]
+    assert doc["components"]["securitySchemes"] == {
+        "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
+        "tokenAuth": {"type": "http", "scheme": "bearer"},
+    }
+    assert plain["security"] == [{"apiKeyAuth": []}, {"tokenAuth": []}]
+    # Trailing-slash aliases work but are not in the schema.
+    assert not any(path.endswith("/") for path in paths)

@@ -50,9 +50,11 @@ SECURITY_SCHEMES: dict[str, Any] = {
     "tokenAuth": {"type": "http", "scheme": "bearer"},
 }
 
-# The schemes the endpoints accept today. OAuth2, cookieAuth and embedKeyAuth are declared
-# above (SPEC §3) and join this list as their resolvers land in app/auth/principal.py.
-CHANNEL_SECURITY: list[dict[str, list[str]]] = [{"apiKeyAuth": []}, {"tokenAuth": []}]
+# The schemes the service accepts today: the document only offers what works (the Authorize
+# dialog of /docs lists every declared scheme). OAuth2, cookieAuth and embedKeyAuth (SPEC §3,
+# named above) join as their resolvers land in app/auth/principal.py.
+ACCEPTED_SCHEMES = ("apiKeyAuth", "tokenAuth")
+CHANNEL_SECURITY: list[dict[str, list[str]]] = [{name: []} for name in ACCEPTED_SCHEMES]
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -93,7 +95,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas[model.__name__] = model.model_json_schema(
                 ref_template="#/components/schemas/{model}"
             )
-        components["securitySchemes"] = SECURITY_SCHEMES
+        components["securitySchemes"] = {name: SECURITY_SCHEMES[name] for name in ACCEPTED_SCHEMES}
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 if "Channels" in operation.get("tags", []):
