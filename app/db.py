@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
@@ -16,16 +17,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns (state, metadata, configs, history aggregates) through orjson, not stdlib json.
+_JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **_JSON)
         _configure_sqlite(engine)
         return engine
     # No pre-ping: it costs a round trip per checkout (three per turn). A connection found dead
     # fails its request with a 503 and SQLAlchemy then discards the whole pool, so the service
     # recovers on its own once the database is back.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800, **_JSON
     )
 
 
