@@ -1,16 +1,19 @@
 """Engine, sessions and the few dialect differences between PostgreSQL and SQLite."""
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 T = TypeVar("T")
+DRIVER_POOL = "driver_pool"  # AsyncSession.info key
 
 
 def utcnow() -> datetime:
@@ -62,8 +65,46 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(
+    engine: AsyncEngine, driver_pool: asyncpg.Pool | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions carry the driver pool (PostgreSQL) in ``info`` for the hot path's plain SQL."""
+    return async_sessionmaker(engine, expire_on_commit=False, info={DRIVER_POOL: driver_pool})
+
+
+async def make_driver_pool(url: str, size: int) -> asyncpg.Pool | None:
+    """PostgreSQL only: a plain asyncpg pool for the hot path (services/fast_turn.py), which
+    runs its few statements on the driver without SQLAlchemy's per-statement and per-session
+    cost. Everything else uses the engine's pool."""
+    if not url.startswith("postgresql"):
+        return None
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    # min_size 0: no connection at start-up, so the service starts (and answers 503) while the
+    # database is down, and connects once it is up.
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=size, init=_init_driver_connection)
+
+
+async def _init_driver_connection(connection: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            name, schema="pg_catalog", encoder=_json_text, decoder=orjson.loads
+        )
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else _json_dumps(value)
+
+
+def has_driver(session: AsyncSession) -> bool:
+    return session.info.get(DRIVER_POOL) is not None
+
+
+@asynccontextmanager
+async def driver(session: AsyncSession) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the driver pool (PostgreSQL), outside any SQLAlchemy transaction:
+    statements on it autocommit unless run in ``conn.transaction()``."""
+    async with session.info[DRIVER_POOL].acquire() as connection:
+        yield connection
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -78,20 +119,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-
-
-def is_postgresql(session: AsyncSession) -> bool:
-    return session.bind.dialect.name == "postgresql"
-
-
-async def driver_connection(session: AsyncSession) -> Any:
-    """The session's asyncpg connection (PostgreSQL only), for the hot path's plain SQL.
-
-    Statements on it are outside SQLAlchemy's transaction: run them in the driver's own
-    ``conn.transaction()``, and ``commit()`` the session afterwards to give the connection back.
-    """
-    connection = await session.connection()
-    return (await connection.get_raw_connection()).driver_connection
 
 
 async def insert_or_get(

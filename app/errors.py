@@ -117,8 +117,10 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable: %s", type(exc).__name__)
         if not isinstance(exc, DBAPIError | SQLAlchemyTimeoutError):
             # Raised by the driver itself (the hot path's plain SQL), so SQLAlchemy did not see
-            # the disconnect: drop the pool's connections as it would, and reconnect lazily.
+            # the disconnect: drop the pools' connections as it would, and reconnect lazily.
             await request.app.state.engine.dispose()
+            if request.app.state.driver_pool is not None:
+                await request.app.state.driver_pool.expire_connections()
         return error_response(ServiceUnavailable())
 
 

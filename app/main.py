@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_driver_pool, make_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.llm import LlmClient
 from app.llm.http import make_http_client
@@ -55,12 +55,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(
-            settings.database_url, settings.database_pool_size, settings.database_max_overflow
-        )
+        driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
+        # With a driver pool (PostgreSQL) the steady-state turn uses it, and SQLAlchemy's pool
+        # serves the rest (first messages, consent, admin): a quarter of the connections.
+        general_size = settings.database_pool_size // 4 if driver_pool else settings.database_pool_size
+        engine = make_engine(settings.database_url, max(5, general_size), settings.database_max_overflow)
         async with make_http_client() as http_client:
             app.state.engine = engine
-            app.state.sessionmaker = make_sessionmaker(engine)
+            app.state.driver_pool = driver_pool
+            app.state.sessionmaker = make_sessionmaker(engine, driver_pool)
             app.state.http_client = http_client
             app.state.llm = LlmClient(
                 http_client,
@@ -72,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 await engine.dispose()
+                if driver_pool is not None:
+                    await driver_pool.close()
 
     app = FastAPI(
         title="Chatbots API",

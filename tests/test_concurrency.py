@@ -113,6 +113,9 @@ async def test_no_database_connection_is_held_while_the_llm_answers(client, app,
     else:
         raise AssertionError("the LLM never received the request")
     assert app.state.engine.pool.checkedout() == 0
+    driver_pool = app.state.driver_pool  # PostgreSQL's hot-path pool
+    if driver_pool is not None:
+        assert driver_pool.get_size() == driver_pool.get_idle_size()
     # ...and the human message is already committed, visible to another connection.
     async with db() as s:
         stored = await s.scalar(select(func.count()).select_from(ChatMessage).where(ChatMessage.content == text))

@@ -7,7 +7,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.api_keys import key_matches, split_prefix
-from app.db import driver_connection, is_postgresql, utcnow
+from app.db import driver, has_driver, utcnow
 from app.errors import NotAuthenticated
 from app.models import ApiKey, Membership, Role, User
 
@@ -56,8 +56,9 @@ class _KeyRow(NamedTuple):
 
 
 async def _find_key(session: AsyncSession, prefix: str) -> _KeyRow | None:
-    if is_postgresql(session):
-        row = await (await driver_connection(session)).fetchrow(_KEY_WITH_MEMBERSHIP_SQL, prefix)
+    if has_driver(session):
+        async with driver(session) as connection:
+            row = await connection.fetchrow(_KEY_WITH_MEMBERSHIP_SQL, prefix)
     else:
         row = (await session.execute(_KEY_WITH_MEMBERSHIP, {"prefix": prefix})).first()
     return None if row is None else _KeyRow(*row)

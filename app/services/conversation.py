@@ -15,7 +15,7 @@ from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db import is_postgresql, utcnow
+from app.db import has_driver, utcnow
 from app.errors import PermissionDenied
 from app.llm import LlmClient, LlmConfig, LlmError
 from app.models import Chatbot, ChatMessage, ChatSession, HistoryMode, MessageRole, Platform
@@ -68,7 +68,7 @@ async def handle_incoming_message(
     principal, message = request.principal, request.message
     if principal.user_id is None or principal.user_email is None:
         raise PermissionDenied(NO_USER)
-    if is_postgresql(db) and (fast := await try_fast_turn(db, llm, settings, request)):
+    if has_driver(db) and (fast := await try_fast_turn(db, llm, settings, request)):
         return fast
     found = await load_turn_chatbot(
         db, principal.team_id, parse_public_id(request.experiment_id), request.version

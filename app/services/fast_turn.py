@@ -2,14 +2,14 @@
 
 SQLAlchemy spends ~200 µs of CPU on each statement, against ~60 µs for the driver itself, and a
 turn's dozen statements were most of the worker's CPU (bench/RESULTS.md). This path runs the
-common turn as hand-written SQL on the session's own driver connection: the open (or named)
+common turn as hand-written SQL on a plain asyncpg pool: the open (or named)
 session exists and is free, no consent is pending, the channel is enabled and the message is
 not ``/reset``. Anything else returns ``None`` before anything is written, and the caller runs
 the general path (``conversation.py``), which handles every case on every database and gives
 every error its status. Both paths store the same rows; the suite runs against both.
 
-Transactions are the driver's own (``conn.transaction()``); the session's connection goes back
-to the pool (``db.commit()``) before the model is called.
+It runs on the driver pool (``app.db.driver``), in the driver's own transaction where it needs
+one; its connection goes back to the pool before the model is called.
 """
 
 import contextlib
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import Principal
 from app.config import Settings
-from app.db import driver_connection, utcnow
+from app.db import driver, utcnow
 from app.llm import LlmClient
 from app.models import Chatbot, HistoryMode, LlmProvider, SessionStatus
 from app.services import prompt
@@ -133,22 +133,20 @@ async def try_fast_turn(
     if message.strip().lower() == RESET_COMMAND or not session_id_can_exist(session_external_id):
         return None
     async with contextlib.AsyncExitStack() as queue:
-        conn = await driver_connection(db)
         try:
-            found = await conn.fetchrow(
-                _CHATBOT_AND_PLACE, parse_public_id(request.experiment_id), principal.team_id,
-                version or None, principal.user_email,
-            )  # fmt: skip
-            if found is None or not _version_found(found, version):
-                raise _NotSteadyState  # 404s and first contact: the general path
-            bot = _bot(found)
-            chat, history, participant_data = await _claim_and_store(
-                conn, queue, settings, principal, found, bot, message, session_external_id
-            )
+            async with driver(db) as conn:  # back to the pool before the model is called
+                found = await conn.fetchrow(
+                    _CHATBOT_AND_PLACE, parse_public_id(request.experiment_id), principal.team_id,
+                    version or None, principal.user_email,
+                )  # fmt: skip
+                if found is None or not _version_found(found, version):
+                    raise _NotSteadyState  # 404s and first contact: the general path
+                bot = _bot(found)
+                chat, history, participant_data = await _claim_and_store(
+                    conn, queue, settings, principal, found, bot, message, session_external_id
+                )
         except _NotSteadyState:
             return None
-        finally:
-            await db.commit()  # the connection goes back to the pool while the model answers
         try:
             config = llm_config_for(bot, _provider(found), settings.effective_secret_key,
                                     chat.external_id)  # fmt: skip
@@ -156,17 +154,18 @@ async def try_fast_turn(
             messages = build_messages(bot, chat, participant_data or {}, turn, chat.summary)
             completion = await complete(llm, messages, config, chat.external_id)
         except BaseException:
-            await (await driver_connection(db)).execute(_RELEASE, chat.id)
-            await db.commit()
+            async with driver(db) as conn:
+                await conn.execute(_RELEASE, chat.id)
             raise
         versions_seen = chat.versions_seen
         if bot.version_number not in versions_seen:
             versions_seen = [*versions_seen, bot.version_number]
-        await (await driver_connection(db)).execute(
-            _FINISH, chat.id, completion.text, orjson.dumps(completion_metadata(completion)).decode(),
-            bot.version_label, utcnow(), orjson.dumps(versions_seen).decode(),
-        )  # fmt: skip
-        await db.commit()
+        async with driver(db) as conn:
+            await conn.execute(
+                _FINISH, chat.id, completion.text,
+                orjson.dumps(completion_metadata(completion)).decode(), bot.version_label,
+                utcnow(), orjson.dumps(versions_seen).decode(),
+            )  # fmt: skip
     return TurnResult(completion.text, chat.external_id)
 
 
