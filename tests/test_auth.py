@@ -282,3 +282,18 @@ async def test_last_used_at_is_rewritten_after_a_minute(client, db, world):
         await s.commit()
     assert_ok(await chat(client, world.url, {"X-api-key": key}))
     assert (await key_row(db, key)).last_used_at > old + timedelta(minutes=1)
+
+
+async def test_a_failed_request_does_not_write_last_used_at(client, db, settings, fake_llm):
+    from sqlalchemy import select
+
+    from app.auth.api_keys import split_prefix
+    from app.models import ApiKey
+    from tests.factories import make_world
+
+    world = await make_world(db, settings, api_base=fake_llm.base_url)
+    bad = await client.post(world.url, json={"message": ""}, headers=world.headers)
+    assert bad.status_code == 400
+    async with db() as s:
+        key = await s.scalar(select(ApiKey).where(ApiKey.prefix == split_prefix(world.key)))
+    assert key.last_used_at is None
