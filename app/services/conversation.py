@@ -95,7 +95,7 @@ async def handle_incoming_message(
             return TurnResult(RESET_REPLY, new_chat.external_id)
 
         if bot.has_consent and chat.status in (SessionStatus.setup, SessionStatus.pending):
-            consent_reply = _consent_step(db, chat, bot, message)
+            consent_reply = await _consent_step(db, chat, bot, message)
             if consent_reply is not None:
                 lease.release_orm()
                 await db.commit()
@@ -155,8 +155,9 @@ async def _insert_message(
     content: str,
     metadata: dict[str, Any] | None = None,
     version_label: str | None = None,
+    hidden: bool = False,
 ) -> None:
-    """A Core insert: the hot path needs no ORM object back."""
+    """A Core insert, executed at once: no ORM object is needed back."""
     await db.execute(
         _INSERT_MESSAGE,
         {
@@ -165,50 +166,30 @@ async def _insert_message(
             "content": content,
             "metadata": metadata or {},
             "version_label": version_label,
-            "hidden": False,
+            "hidden": hidden,
             "created_at": utcnow(),
         },
     )
 
 
-def _add_message(
-    db: AsyncSession,
-    chat: ChatSession,
-    role: MessageRole,
-    content: str,
-    metadata: dict[str, Any] | None = None,
-    version_label: str | None = None,
-    hidden: bool = False,
-) -> None:
-    db.add(
-        ChatMessage(
-            session_id=chat.id,
-            role=role,
-            content=content,
-            message_metadata=metadata or {},
-            version_label=version_label,
-            hidden=hidden,
-        )
-    )
-
-
-def _consent_step(db: AsyncSession, chat: ChatSession, bot: Chatbot, message: str) -> str | None:
+async def _consent_step(
+    db: AsyncSession, chat: ChatSession, bot: Chatbot, message: str
+) -> str | None:
     """Conversational consent (SPEC §5.3). Returns the consent prompt to send, or None once
     the participant has just consented. The first message is kept visible: it is answered
     after consent; the consent exchange itself is hidden from the model."""
     consent_prompt = f"{bot.consent_text}\n\n{bot.confirmation_text or ''}".rstrip()
     if chat.status == SessionStatus.setup:
-        _add_message(db, chat, MessageRole.human, message)
+        await _insert_message(db, chat.id, MessageRole.human, message)
         chat.status = SessionStatus.pending
     elif message.strip() == CONSENT_YES:
-        _add_message(db, chat, MessageRole.human, message, hidden=True)
+        await _insert_message(db, chat.id, MessageRole.human, message, hidden=True)
         chat.status = SessionStatus.active
         return None
     else:
-        _add_message(db, chat, MessageRole.human, message, hidden=True)
-    _add_message(
-        db, chat, MessageRole.ai, consent_prompt, hidden=True, version_label=bot.version_label
-    )
+        await _insert_message(db, chat.id, MessageRole.human, message, hidden=True)
+    await _insert_message(db, chat.id, MessageRole.ai, consent_prompt,
+                          version_label=bot.version_label, hidden=True)  # fmt: skip
     chat.last_activity_at = utcnow()
     return consent_prompt
 
