@@ -38,13 +38,17 @@ class SessionKey:
     participant_id: int
     platform: str
 
-    def criteria(self) -> list[Any]:
-        return [
-            ChatSession.team_id == self.team_id,
-            ChatSession.chatbot_id == self.chatbot_id,
-            ChatSession.channel_id == self.channel_id,
-            ChatSession.participant_id == self.participant_id,
-        ]
+    def params(self, external_id: str | None = None) -> dict[str, Any]:
+        """Bind values for the owner conditions (``_OWNER``) of the statements below."""
+        params: dict[str, Any] = {
+            "p_team_id": self.team_id,
+            "p_chatbot_id": self.chatbot_id,
+            "p_channel_id": self.channel_id,
+            "p_participant_id": self.participant_id,
+        }
+        if external_id is not None:
+            params["p_external_id"] = external_id
+        return params
 
 
 class Lease:
@@ -65,6 +69,20 @@ class Lease:
         self.held = False
 
 
+# A session belongs to one team, chatbot (head), channel and participant. Statements are built
+# once (see conversation.py): finding the open or a named session, and claiming either or one
+# by id.
+_OWNER = (
+    ChatSession.team_id == bindparam("p_team_id"),
+    ChatSession.chatbot_id == bindparam("p_chatbot_id"),
+    ChatSession.channel_id == bindparam("p_channel_id"),
+    ChatSession.participant_id == bindparam("p_participant_id"),
+)
+_NAMED = ChatSession.external_id == bindparam("p_external_id")
+_FIND_OPEN = select(ChatSession).where(*_OWNER, ChatSession.ended_at.is_(None))
+_FIND_NAMED = select(ChatSession).where(*_OWNER, _NAMED)
+
+
 def session_id_can_exist(external_id: str | None) -> bool:
     """False for a named session that cannot exist (too long, NUL): no query needed."""
     return external_id is None or (
@@ -82,9 +100,7 @@ async def open_session(session: AsyncSession, key: SessionKey, **values: Any) ->
     most one: a partial unique index, so concurrent first messages share one)."""
 
     async def find() -> ChatSession | None:
-        return await session.scalar(
-            select(ChatSession).where(*key.criteria(), ChatSession.ended_at.is_(None))
-        )
+        return await session.scalar(_FIND_OPEN, key.params())
 
     return await insert_or_get(
         session,
@@ -114,19 +130,14 @@ def _claim_statement(*criteria: Any) -> Any:
     )
 
 
-_OWNER = (
-    ChatSession.team_id == bindparam("p_team_id"),
-    ChatSession.chatbot_id == bindparam("p_chatbot_id"),
-    ChatSession.channel_id == bindparam("p_channel_id"),
-    ChatSession.participant_id == bindparam("p_participant_id"),
-)
-# Built once (see conversation.py): the open session, a named session, a session by id.
 _CLAIM_OPEN = _claim_statement(*_OWNER)
-_CLAIM_NAMED = _claim_statement(*_OWNER, ChatSession.external_id == bindparam("p_external_id"))
+_CLAIM_NAMED = _claim_statement(*_OWNER, _NAMED)
 _CLAIM_BY_ID = _claim_statement(ChatSession.id == bindparam("p_id"))
 
 
-async def _claim(session: AsyncSession, statement: Any, params: dict[str, Any], seconds: float) -> ChatSession | None:
+async def _claim(
+    session: AsyncSession, statement: Any, params: dict[str, Any], seconds: float
+) -> ChatSession | None:
     now = utcnow()
     params = {**params, "p_now": now, "p_lease_until": now + timedelta(seconds=seconds)}
     return (
@@ -139,9 +150,7 @@ async def _find_unclaimable(
 ) -> tuple[ChatSession, bool]:
     """After a failed claim: the session (busy, or new and claimed), or the 404/400."""
     if external_id is not None:
-        chat = await session.scalar(
-            select(ChatSession).where(*key.criteria(), ChatSession.external_id == external_id)
-        )
+        chat = await session.scalar(_FIND_NAMED, key.params(external_id))
         if chat is None:
             raise NotFound(SESSION_NOT_FOUND)
         if chat.is_ended:
@@ -188,17 +197,8 @@ async def session_turn(
     """
     if not session_id_can_exist(external_id):
         raise NotFound(SESSION_NOT_FOUND)  # cannot exist: don't ask the database
-    params: dict[str, Any] = {
-        "p_team_id": key.team_id,
-        "p_chatbot_id": key.chatbot_id,
-        "p_channel_id": key.channel_id,
-        "p_participant_id": key.participant_id,
-    }
-    if external_id is not None:
-        params["p_external_id"] = external_id
-        chat = await _claim(session, _CLAIM_NAMED, params, seconds)
-    else:
-        chat = await _claim(session, _CLAIM_OPEN, params, seconds)
+    claim = _CLAIM_OPEN if external_id is None else _CLAIM_NAMED
+    chat = await _claim(session, claim, key.params(external_id), seconds)
     claimed = chat is not None
     if chat is None:
         chat, claimed = await _find_unclaimable(session, key, external_id, seconds)
