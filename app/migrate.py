@@ -1,6 +1,7 @@
 """Run Alembic migrations from code (``chatbots db upgrade`` and the embedded default)."""
 
 import asyncio
+from functools import lru_cache
 
 from alembic import command
 from alembic.config import Config
@@ -30,8 +31,14 @@ async def upgrade_database(engine: AsyncEngine) -> None:
         await connection.run_sync(_upgrade)
 
 
+@lru_cache(maxsize=1)
+def _script_heads() -> frozenset[str]:
+    """The migrations' heads: read from the scripts once per process, not per probe."""
+    return frozenset(ScriptDirectory.from_config(alembic_config("")).get_heads())
+
+
 async def is_at_head(engine: AsyncEngine) -> bool:
-    heads = set(ScriptDirectory.from_config(alembic_config(str(engine.url))).get_heads())
+    heads = _script_heads()
 
     def _current(connection) -> set[str]:  # type: ignore[no-untyped-def]
         return set(MigrationContext.configure(connection).get_current_heads())
