@@ -15,7 +15,7 @@ from app.auth.api_keys import generate_api_key
 from app.db import utcnow
 from app.models import ApiKey, Membership, Role, User
 from tests.factories import World, add_key, add_user, make_world
-from tests.test_bad_input import assert_error, nothing_written
+from tests.assertions import assert_error, nothing_written
 
 Db = async_sessionmaker[AsyncSession]
 

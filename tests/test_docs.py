@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.test_serve_e2e import _free_port, _serve, _wait_for_banner
+from tests.server import free_port, serve, wait_for_banner
 
 
 async def test_docs_page_uses_local_assets(client):
@@ -30,10 +30,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed here")
 def test_swagger_ui_renders_the_seed_operations_in_a_real_browser(tmp_path):
-    port = _free_port()
-    proc = _serve(tmp_path, port)
+    port = free_port()
+    proc = serve(tmp_path, port)
     try:
-        _wait_for_banner(proc, port)
+        wait_for_banner(proc, port)
         dom = subprocess.run(
             [
                 CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -3,7 +3,6 @@
 from sqlalchemy import select
 
 from app.models import ChatMessage, ChatSession, Participant
-from tests.factories import make_world
 
 
 async def _messages(db, session_id: str) -> list[ChatMessage]:  # type: ignore[no-untyped-def]
