@@ -236,6 +236,8 @@ def parse_trace(text: str, status: Any, wall_ms: float) -> dict[str, Any]:
             parses += 1
         elif kind in ("bind", "statement"):
             round_trips += 1
+            if kind == "bind" and not sql:
+                continue  # a named prepared statement's bind: logged without its text
             if sql.rstrip(";").strip() == "":
                 pings += 1
                 continue
