@@ -3,9 +3,10 @@ Idempotency-Key replay. The LLM answers slowly (fake server, 300 ms) so requests
 
 import asyncio
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, update
 
-from app.models import ChatMessage, ChatSession
+from app.models import ApiKey, ChatMessage, ChatSession
 from tests.factories import make_world
 
 
@@ -102,10 +103,21 @@ async def _after(delay: float, coro):  # type: ignore[no-untyped-def]
     return await coro
 
 
-async def test_no_database_connection_is_held_while_the_llm_answers(client, app, db, settings, fake_llm):
+@pytest.mark.parametrize("turn_kind", ["first message", "steady state, key due for last_used_at"])
+async def test_no_database_connection_is_held_while_the_llm_answers(client, app, db, settings, fake_llm, turn_kind):
+    """Also for a turn whose key is due for its (once a minute) last_used_at write: on
+    PostgreSQL the steady-state turn runs on the driver pool, and that write must not keep a
+    SQLAlchemy transaction open across the LLM call."""
     world = await make_world(db, settings, api_base=fake_llm.base_url, model="latency-600")
+    body: dict[str, str] = {}
+    if turn_kind != "first message":
+        first = await client.post(world.url, json={"message": "hello"}, headers=world.headers)
+        body["session"] = first.json()["session_id"]
+        async with db() as s:
+            await s.execute(update(ApiKey).where(ApiKey.team_id == world.team.id).values(last_used_at=None))
+            await s.commit()
     text = f"are you holding a connection {world.team.slug}"
-    turn = asyncio.create_task(client.post(world.url, json={"message": text}, headers=world.headers))
+    turn = asyncio.create_task(client.post(world.url, json={"message": text, **body}, headers=world.headers))
     for _ in range(200):  # wait until the fake LLM has the request: the turn is mid-call
         if any(r["messages"][-1]["content"] == text for r in fake_llm.requests()):
             break
@@ -121,11 +133,12 @@ async def test_no_database_connection_is_held_while_the_llm_answers(client, app,
         stored = await s.scalar(select(func.count()).select_from(ChatMessage).where(ChatMessage.content == text))
     assert stored == 1
     assert (await turn).status_code == 200
+    async with db() as s:  # ...and the key's use was recorded
+        last_used = await s.scalar(select(ApiKey.last_used_at).where(ApiKey.team_id == world.team.id))
+    assert last_used is not None
 
 
 async def _set_lease(db, session_id: str, until) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import update
-
     async with db() as s:
         await s.execute(update(ChatSession).where(ChatSession.external_id == session_id).values(lease_until=until))
         await s.commit()

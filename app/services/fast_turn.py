@@ -148,6 +148,10 @@ async def try_fast_turn(
         except _NotSteadyState:
             return None
         try:
+            if db.in_transaction():
+                # What the request wrote through SQLAlchemy (the key's last_used_at, see
+                # auth.api_key_auth) commits now: no transaction is held across the call.
+                await db.commit()
             config = llm_config_for(bot, _provider(found), settings.effective_secret_key,
                                     chat.external_id)  # fmt: skip
             turn = TurnInput(history=history, older_unsummarized=[], user_text=message)
