@@ -22,10 +22,12 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     secret_key: str = ""
-    # Connections are held only for the short transactions of a turn, never across the LLM call,
-    # but a burst of turns needs many at once: keep them pooled rather than opening and closing
-    # overflow connections (each a new PostgreSQL process).
-    database_pool_size: int = 40
+    # Connections per pool per worker (PostgreSQL: the hot path's driver pool and SQLAlchemy's
+    # pool each; SQLite: SQLAlchemy's). Small on purpose: connections are held only for the
+    # short transactions of a turn, never across the LLM call, and one worker's event loop
+    # cannot keep more busy. Turns beyond it wait their turn for a connection in arrival order,
+    # which finishes a burst's early turns first instead of all of them late (bench/RESULTS.md).
+    database_pool_size: int = 5
     database_max_overflow: int = 0
 
     # Request limits (SPEC §3.1).

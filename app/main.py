@@ -55,11 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
         # With a driver pool (PostgreSQL) the steady-state turn uses it, and SQLAlchemy's pool
-        # serves the rest (first messages, consent, admin): a quarter of the connections.
-        general_size = settings.database_pool_size // 4 if driver_pool else settings.database_pool_size
-        engine = make_engine(settings.database_url, max(5, general_size), settings.database_max_overflow)
+        # serves the rest (first messages, consent, admin).
+        driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
+        engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
         async with make_http_client() as http_client:
             app.state.engine = engine
             app.state.driver_pool = driver_pool

@@ -185,3 +185,41 @@ async def test_a_message_queued_behind_a_reset_goes_to_the_new_session(client, d
     new = reset_r.json()["session_id"]
     assert reset_r.json()["response"] == "Conversation reset" and new != old
     assert after_r.status_code == 200 and after_r.json()["session_id"] == new
+
+
+async def test_pools_of_one_connection_serve_concurrent_turns(settings, db, fake_llm):
+    """No request holds a pooled connection while it waits for another one (with the small
+    default pools a busy worker would deadlock): a worker whose pools hold ONE connection each
+    serves concurrent first messages, concurrent turns in one session, and steady-state turns
+    whose keys are due for their last_used_at write."""
+    import httpx
+
+    from app.main import create_app
+
+    small = create_app(settings.model_copy(update={"database_pool_size": 1, "database_max_overflow": 0}))
+    worlds = [await make_world(db, settings, api_base=fake_llm.base_url, model="latency-50") for _ in range(4)]
+    async with small.router.lifespan_context(small):
+        transport = httpx.ASGITransport(app=small)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            async def send(world, text: str, **extra: str):  # type: ignore[no-untyped-def]
+                response = await client.post(world.url, json={"message": text, **extra}, headers=world.headers)
+                assert response.status_code == 200, response.text
+                return response.json()["session_id"]
+
+            firsts = await asyncio.wait_for(asyncio.gather(*(send(w, "hello") for w in worlds)), 30)
+            async with db() as s:
+                team_ids = [w.team.id for w in worlds]
+                await s.execute(update(ApiKey).where(ApiKey.team_id.in_(team_ids)).values(last_used_at=None))
+                await s.commit()
+            turns = [send(w, f"turn {i}", session=sid) for w, sid in zip(worlds, firsts) for i in range(3)]
+            await asyncio.wait_for(asyncio.gather(*turns), 30)
+    for world, sid in zip(worlds, firsts):
+        assert await _count(db, ChatMessage, session_id=await _session_pk(db, sid)) == 8
+        async with db() as s:
+            assert await s.scalar(select(ApiKey.last_used_at).where(ApiKey.team_id == world.team.id)) is not None
+
+
+async def _session_pk(db, external_id: str) -> int:  # type: ignore[no-untyped-def]
+    async with db() as s:
+        return await s.scalar(select(ChatSession.id).where(ChatSession.external_id == external_id))
