@@ -85,3 +85,28 @@ async def test_provider_failure_on_the_fast_path_keeps_the_message_and_frees_the
         contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat.id).order_by(ChatMessage.id))).all()
     assert contents == ["before", "echo: before", "lost?", "after", "echo: after"]
     assert chat.lease_until is None
+
+
+async def test_a_session_queued_in_this_process_is_left_to_its_queue(client, world, db, served):
+    """A turn of this process holding or waiting for the session (its in-process queue) goes
+    first: the fast path must not claim the free lease past it, and writes nothing."""
+    import asyncio
+
+    from app.services.sessions import local_turn
+
+    first = await client.post(world.url, json={"message": "first"}, headers=world.headers)
+    async with db() as s:
+        chat_id = await s.scalar(select(ChatSession.id).where(ChatSession.external_id == first.json()["session_id"]))
+    async with local_turn(chat_id):  # as a turn of this process that holds the session
+        later = asyncio.create_task(client.post(world.url, json={"message": "later"}, headers=world.headers))
+        for _ in range(200):
+            if len(served) == 2 or later.done():
+                break
+            await asyncio.sleep(0.01)
+        assert served == ["general", "general"]  # the fast path declined...
+        await asyncio.sleep(0.1)
+        assert not later.done()  # ...and the turn waits its turn behind the holder
+        async with db() as s:
+            contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat_id))).all()
+        assert sorted(contents) == ["echo: first", "first"]
+    assert (await later).status_code == 200

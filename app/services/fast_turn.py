@@ -8,8 +8,8 @@ not ``/reset``. Anything else returns ``None`` before anything is written, and t
 the general path (``conversation.py``), which handles every case on every database and gives
 every error its status. Both paths store the same rows; the suite runs against both.
 
-It runs on the driver pool (``app.db.driver``), in the driver's own transaction where it needs
-one; its connection goes back to the pool before the model is called.
+It runs on the driver pool (``app.db.driver``) in autocommit: each write is one statement, all
+or nothing. Its connection goes back to the pool before the model is called.
 """
 
 import contextlib
@@ -23,7 +23,7 @@ from app.auth.principal import Principal
 from app.config import Settings
 from app.db import driver, utcnow
 from app.llm import LlmClient
-from app.models import Chatbot, HistoryMode, LlmProvider, SessionStatus
+from app.models import Chatbot, HistoryMode, LlmProvider
 from app.services import prompt
 from app.services.chatbots import parse_public_id
 from app.services.llm_config import llm_config_for
@@ -38,7 +38,12 @@ from app.services.replies import (
     completion_metadata,
     gate_reply,
 )
-from app.services.sessions import local_turn, session_id_can_exist, session_is_queued
+from app.services.sessions import (
+    local_turn,
+    queued_sessions,
+    session_id_can_exist,
+    session_is_queued,
+)
 
 # 1. The answering version's bot config (published, numbered, or the head; the same resolution
 # as services.chatbots.load_turn_chatbot), its provider, the head's id, and the user's place
@@ -65,21 +70,26 @@ SELECT bot.*, place.* FROM (
     WHERE c.team_id = $2 AND c.chatbot_id IS NULL AND c.platform = 'api' AND NOT c.deleted
 ) place
 """
-# 2. In one transaction: claim the session's lease, store the human message, and read the
-# history (a CTE's snapshot: the new message is not in it) and the participant's data.
+# 2. One statement, so all or nothing without an explicit transaction: claim the session's
+# lease, store the human message, and read the history (a CTE's snapshot: the new message is not
+# in it) and the participant's data. Not claimed, so nothing written: a new, busy or unknown
+# session, one a turn of this process is queued for ($10: those queue behind it, see
+# services.sessions), or one still asking for consent ($11: the bot asks for it).
 _CLAIM_STORE_READ = """
 WITH claimed AS (
     UPDATE chat_session SET lease_until = $6
     WHERE team_id = $1 AND chatbot_id = $2 AND channel_id = $3 AND participant_id = $4
       AND ($7::varchar IS NULL OR external_id = $7::varchar)
       AND ended_at IS NULL AND (lease_until IS NULL OR lease_until < $5)
-    RETURNING id, external_id, status, state, versions_seen, summary
+      AND id <> ALL($10::int[])
+      AND NOT ($11::bool AND status IN ('setup', 'pending'))
+    RETURNING id, external_id, state, versions_seen, summary
 ), human AS (
     INSERT INTO chat_message (session_id, role, content, metadata, version_label, hidden,
                               created_at)
     SELECT id, 'human', $8, '{}'::jsonb, NULL, false, $5 FROM claimed
 )
-SELECT c.id, c.external_id, c.status, c.state, c.versions_seen, c.summary,
+SELECT c.id, c.external_id, c.state, c.versions_seen, c.summary,
     (SELECT coalesce(json_agg(json_build_array(m.id, m.role, m.content)
                               ORDER BY m.created_at DESC, m.id DESC), '[]')
      FROM (SELECT id, role, content, created_at FROM chat_message
@@ -119,7 +129,7 @@ class _Session(NamedTuple):
 
 
 class _NotSteadyState(Exception):
-    """Raised inside the driver transaction to roll it back and hand over to the general path."""
+    """Not the steady state, nothing written: hand over to the general path."""
 
 
 async def try_fast_turn(
@@ -183,24 +193,26 @@ async def _claim_and_store(
     message: str,
     session_external_id: str | None,
 ) -> tuple[_Session, list[_History], dict[str, Any] | None]:
-    """Claim the session and store the human message, or raise _NotSteadyState (rolled back)."""
+    """Claim the session and store the human message, or raise _NotSteadyState (nothing written)."""
     place = ApiPlace(found["participant_id"], principal.user_email or "", found["channel_id"],
                      found["enabled"], found["disabled_message"])  # fmt: skip
     if gate_reply(bot, place, principal) is not None or bot.history_mode == HistoryMode.summarize:
         raise _NotSteadyState  # gates and summaries: the general path
     now = utcnow()
     limit = prompt.history_read_limit(bot.history_mode, bot.max_history_length)
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            _CLAIM_STORE_READ, principal.team_id, found["head_id"], found["channel_id"],
-            found["participant_id"], now, now + timedelta(seconds=settings.session_lease_seconds),
-            session_external_id, message, limit,
-        )  # fmt: skip
-        if row is None or session_is_queued(row["id"]) or _consent_pending(bot, row):
-            raise _NotSteadyState  # new, busy or unknown sessions, consent: rolled back
+    row = await conn.fetchrow(
+        _CLAIM_STORE_READ, principal.team_id, found["head_id"], found["channel_id"],
+        found["participant_id"], now, now + timedelta(seconds=settings.session_lease_seconds),
+        session_external_id, message, limit, queued_sessions(), bot.has_consent,
+    )  # fmt: skip
+    if row is None:
+        raise _NotSteadyState
+    if not session_is_queued(row["id"]):
         # Join this process's queue for the session now, with no await since the check above,
         # so a turn that arrives while this one runs queues behind it (see services.sessions).
         await queue.enter_async_context(local_turn(row["id"]))
+    # Else a turn of this process queued for the session while the claim was in flight: the
+    # lease is this turn's, so it goes first, and that turn waits for the lease.
     chat = _Session(row["id"], row["external_id"], row["state"], row["summary"],
                     row["versions_seen"])  # fmt: skip
     history = [_History(m[0], m[1], m[2], False) for m in row["history"]]
@@ -228,7 +240,3 @@ def _provider(row: Any) -> LlmProvider | None:
     if row["provider_type"] is None:
         return None
     return LlmProvider(type=row["provider_type"], config=row["provider_config"])
-
-
-def _consent_pending(bot: Chatbot, claimed: Any) -> bool:
-    return bot.has_consent and claimed["status"] in (SessionStatus.setup, SessionStatus.pending)

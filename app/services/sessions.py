@@ -169,6 +169,11 @@ def session_is_queued(session_id: int) -> bool:
     return session_id in _local_queues
 
 
+def queued_sessions() -> list[int]:
+    """The sessions a turn of this process holds or waits for."""
+    return list(_local_queues)
+
+
 @contextlib.asynccontextmanager
 async def local_turn(session_id: int) -> AsyncIterator[None]:
     lock, users = _local_queues.get(session_id, (asyncio.Lock(), 0))
