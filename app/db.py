@@ -121,7 +121,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.sessionmaker() as session:
         try:
             yield session
-            await session.commit()
+            if session.in_transaction():  # nothing begun (the driver path): nothing to commit
+                await session.commit()
         except BaseException:
             await session.rollback()
             raise
