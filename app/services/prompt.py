@@ -126,7 +126,8 @@ def select_history(
 
 
 def to_openai(message: HistoryMessage) -> dict[str, str]:
-    return {"role": ROLE_TO_OPENAI.get(MessageRole(message.role), "user"), "content": message.content}
+    # The roles are StrEnum members, equal to their stored strings: no enum lookup per message.
+    return {"role": ROLE_TO_OPENAI.get(message.role, "user"), "content": message.content}
 
 
 SUMMARY_INSTRUCTION = (
