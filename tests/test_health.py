@@ -21,3 +21,14 @@ async def test_readyz_is_503_until_migrations_ran(tmp_path):
             ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json() == {"status": "unavailable", "reason": "migrations pending"}
+
+
+async def test_a_started_worker_tunes_the_garbage_collector(app):
+    """Start-up (the lifespan, run by the ``app`` fixture) sets the young-generation threshold
+    and freezes what start-up made (see app.main.GC_THRESHOLD)."""
+    import gc
+
+    from app.main import GC_THRESHOLD
+
+    assert gc.get_threshold() == GC_THRESHOLD != (700, 10, 10)
+    assert gc.get_freeze_count() > 0
