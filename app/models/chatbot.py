@@ -32,6 +32,14 @@ class Platform(enum.StrEnum):
     evaluations = "evaluations"
 
 
+def version_label(version_number: int, working_version_id: int | None) -> str:
+    """How replies are labelled with the version that wrote them: ``v3``, or ``v4-unreleased``
+    for the working version (the head, whose ``working_version_id`` is NULL)."""
+    if working_version_id is None:
+        return f"v{version_number}-unreleased"
+    return f"v{version_number}"
+
+
 class LlmProvider(Base):
     """A team's LLM account. ``config`` holds ``api_base`` etc.; ``api_key`` is encrypted."""
 
@@ -110,9 +118,7 @@ class Chatbot(Base):
 
     @property
     def version_label(self) -> str:
-        if self.is_working_version:
-            return f"v{self.version_number}-unreleased"
-        return f"v{self.version_number}"
+        return version_label(self.version_number, self.working_version_id)
 
     @property
     def has_consent(self) -> bool:
