@@ -110,3 +110,10 @@ async def test_a_session_queued_in_this_process_is_left_to_its_queue(client, wor
             contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat_id))).all()
         assert sorted(contents) == ["echo: first", "first"]
     assert (await later).status_code == 200
+
+
+async def test_the_driver_pool_plans_each_hot_path_statement_once(app):
+    """PostgreSQL re-planned the hot path's prepared statements at every execution (about half
+    of its time per turn, bench/RESULTS.md): the driver pool's sessions use generic plans."""
+    async with app.state.driver_pool.acquire() as connection:
+        assert await connection.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
