@@ -37,10 +37,14 @@ class Budget:
     history_seconds: float
     startup_trials: int
     profile_seconds: float
+    # The matrix is measured this many times, all cells each time (this VM's speed drifts by
+    # tens of % over minutes: the floor itself moved 4,300-7,100 req/s between runs); the
+    # report shows each cell's median trial and lists every trial.
+    matrix_trials: int
 
 
-FULL = Budget(15, 3000, 10_000, 240, 3, 300, 4, 3, 10)
-QUICK = Budget(4, 600, 2_000, 40, 1, 150, 3, 1, 6)
+FULL = Budget(15, 3000, 10_000, 240, 3, 300, 4, 3, 10, 3)
+QUICK = Budget(4, 600, 2_000, 40, 1, 150, 3, 1, 6, 1)
 
 
 def shown(path: Path) -> str:

@@ -89,6 +89,25 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+def _trials_line(results: dict[str, Any]) -> list[str]:
+    """Every trial's req/s, when the matrix ran more than once (runs before trials: nothing)."""
+    runs = []
+    for latency in LATENCIES:
+        for c in CONCURRENCIES:
+            s, f = _cell(results, "service", latency, c), _cell(results, "floor", latency, c)
+            if len(s.get("trials_rps", ())) > 1:
+                runs.append(f"{latency} ms c={c}: service {' / '.join(map(str, s['trials_rps']))}, "
+                            f"floor {' / '.join(map(str, f['trials_rps']))}")  # fmt: skip
+    if not runs:
+        return []
+    return [
+        f"Trials: the matrix ran {len(_cell(results, 'service', 0, 1)['trials_rps'])} times, all "
+        "cells each time; each row shows the trial with the median service req/s (its service "
+        "and floor). req/s of every trial, in order: " + "; ".join(runs) + ".",
+        "",
+    ]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     out = [
@@ -149,6 +168,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "appeared during the cell (/proc/net/tcp sampled once a second) and PostgreSQL sessions "
         "established (pg_stat_database.sessions), warm-up included.",
         "",
+        *_trials_line(results),
         "### Targets",
         "",
         "| target | measured | result |",
