@@ -22,7 +22,7 @@ from app.services.admin_chatbots import (
     get_chatbot_head,
     mask_config,
 )
-from app.services.admin_identity import add_unique, get_team, require_text, team_slugs
+from app.services.admin_identity import add_unique, for_team, require_text, team_slugs
 
 # A widget token is public (it sits in web pages) but must be unguessable: 32 URL-safe chars.
 WIDGET_TOKEN_BYTES = 24
@@ -129,8 +129,7 @@ async def list_channels(
         .where(Channel.deleted.is_(False))
         .order_by(Channel.team_id, Channel.id)
     )
-    if team_slug is not None:
-        query = query.where(Channel.team_id == (await get_team(session, team_slug)).id)
+    query = await for_team(session, query, Channel.team_id, team_slug)
     slugs = await team_slugs(session)
     return [
         ChannelSummary(

@@ -18,7 +18,7 @@ from app.config import Settings
 from app.crypto import encrypt_config, is_secret_field
 from app.errors import BadRequest, NotFound
 from app.models import Chatbot, HistoryMode, LlmProvider
-from app.services.admin_identity import add_unique, get_team, require_text, team_slugs
+from app.services.admin_identity import add_unique, for_team, get_team, require_text, team_slugs
 from app.services.chatbots import publish_version
 
 MASK = "****"
@@ -113,8 +113,7 @@ async def list_providers(
     session: AsyncSession, team_slug: str | None = None
 ) -> list[ProviderSummary]:
     query = select(LlmProvider).order_by(LlmProvider.team_id, LlmProvider.name)
-    if team_slug is not None:
-        query = query.where(LlmProvider.team_id == (await get_team(session, team_slug)).id)
+    query = await for_team(session, query, LlmProvider.team_id, team_slug)
     slugs = await team_slugs(session)
     return [
         ProviderSummary(
@@ -328,8 +327,7 @@ async def list_chatbots(
         .where(Chatbot.working_version_id.is_(None))
         .order_by(Chatbot.team_id, Chatbot.created_at, Chatbot.id)
     )
-    if team_slug is not None:
-        query = query.where(Chatbot.team_id == (await get_team(session, team_slug)).id)
+    query = await for_team(session, query, Chatbot.team_id, team_slug)
     heads = (await session.execute(query)).all()
     published_rows = await session.execute(
         select(Chatbot.working_version_id, Chatbot.version_number).where(

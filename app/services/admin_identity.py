@@ -7,7 +7,7 @@ transaction, so a failed command writes nothing.
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +59,14 @@ async def get_team(session: AsyncSession, slug: str) -> Team:
     if team is None:
         raise NotFound(f"No team with slug {slug!r}.")
     return team
+
+
+async def for_team(session: AsyncSession, query: Any, team_id: Any, team_slug: str | None) -> Any:
+    """``query`` limited to the team with this slug (404 if there is none); without a slug,
+    unchanged. ``team_id`` is the query's team column."""
+    if team_slug is None:
+        return query
+    return query.where(team_id == (await get_team(session, team_slug)).id)
 
 
 async def team_slugs(session: AsyncSession) -> dict[int, str]:
@@ -251,8 +259,7 @@ async def list_api_keys(session: AsyncSession, team_slug: str | None = None) -> 
         .join(User, User.id == ApiKey.user_id)
         .order_by(Team.slug, ApiKey.created_at, ApiKey.id)
     )
-    if team_slug is not None:
-        query = query.where(ApiKey.team_id == (await get_team(session, team_slug)).id)
+    query = await for_team(session, query, ApiKey.team_id, team_slug)
     now = utcnow()
     summaries = []
     for key, slug, email in (await session.execute(query)):
