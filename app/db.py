@@ -13,19 +13,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 T = TypeVar("T")
-DRIVER_POOL = "driver_pool"  # AsyncSession.info key
+# Execution option of connections that only read: on SQLite they begin a deferred transaction,
+# which takes no write lock (app.stores.sqlalchemy_store).
+READ_ONLY = "chatbots_read_only"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _json_dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 # JSON columns (state, metadata, configs, history aggregates) through orjson, not stdlib json.
-_JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+_JSON = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
 
 
 def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
@@ -42,12 +44,13 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20) -> AsyncE
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, foreign keys, and BEGIN IMMEDIATE.
+    """WAL, foreign keys, and BEGIN IMMEDIATE for transactions that may write.
 
     SQLite's deferred transactions fail at once with "database is locked" when a reader upgrades
     to a writer while another writer is active; taking the write lock at BEGIN makes concurrent
     transactions queue on the busy timeout instead. Transactions here are short (never held
-    across an LLM call), so serialising them is cheap.
+    across an LLM call or a request body), so serialising them is cheap. Connections marked
+    ``READ_ONLY`` begin a deferred transaction: a read takes no write lock and waits for none.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -62,23 +65,26 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(
-    engine: AsyncEngine, driver_pool: asyncpg.Pool | None = None
-) -> async_sessionmaker[AsyncSession]:
-    """Sessions carry the driver pool (PostgreSQL) in ``info`` for the hot path's plain SQL."""
-    return async_sessionmaker(engine, expire_on_commit=False, info={DRIVER_POOL: driver_pool})
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def driver_dsn(url: str) -> str:
+    """The asyncpg DSN of a ``postgresql+asyncpg://`` URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def make_driver_pool(url: str, size: int) -> asyncpg.Pool | None:
-    """PostgreSQL only: a plain asyncpg pool for the hot path (services/fast_turn.py), which
-    runs its few statements on the driver without SQLAlchemy's per-statement and per-session
-    cost. Everything else uses the engine's pool."""
+    """PostgreSQL only: a plain asyncpg pool for the turn's store (app/stores/postgres_store.py),
+    which runs its few statements on the driver without SQLAlchemy's per-statement and
+    per-session cost. Everything else uses the engine's pool."""
     if not url.startswith("postgresql"):
         return None
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = driver_dsn(url)
     # min_size 0: no connection at start-up, so the service starts (and answers 503) while the
     # database is down, and connects once it is up.
     # force_generic_plan: PostgreSQL plans each prepared statement of the hot path once per
@@ -94,7 +100,7 @@ async def make_driver_pool(url: str, size: int) -> asyncpg.Pool | None:
 
 async def _no_session_reset(connection: asyncpg.Connection) -> None:
     """asyncpg's default reset sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
-    RESET ALL`` on every release: a round trip per checkout, three per turn. The hot path sets
+    RESET ALL`` on every release: a round trip per checkout, three per turn. The store sets
     no session state (no advisory locks, cursors, LISTEN or SET); an open transaction is still
     rolled back by asyncpg before this hook runs."""
 
@@ -107,19 +113,7 @@ async def _init_driver_connection(connection: asyncpg.Connection) -> None:
 
 
 def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else _json_dumps(value)
-
-
-def has_driver(session: AsyncSession) -> bool:
-    return session.info.get(DRIVER_POOL) is not None
-
-
-@asynccontextmanager
-async def driver(session: AsyncSession) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the driver pool (PostgreSQL), outside any SQLAlchemy transaction:
-    statements on it autocommit unless run in ``conn.transaction()``."""
-    async with session.info[DRIVER_POOL].acquire() as connection:
-        yield connection
+    return value if isinstance(value, str) else json_dumps(value)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -7,7 +7,6 @@ FastAPI's own errors) to statuses and JSON bodies.
 import logging
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -107,20 +106,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(SQLAlchemyTimeoutError)
-    @app.exception_handler(OSError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(asyncpg.PostgresConnectionError)
-    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        """SQLAlchemy's database errors: connection refused, database gone, pool exhausted
+        are a failing dependency (SQLAlchemy's pool has already invalidated the connections
+        it saw fail). The PostgreSQL store raises ``ServiceUnavailable`` itself."""
         if isinstance(exc, DBAPIError) and not _is_unavailable(exc):
             raise exc  # a bug (constraint, SQL error): let it be a logged 500, not a 503
-        # Connection refused / database gone / pool exhausted: a failing dependency.
         log.warning("database unavailable: %s", type(exc).__name__)
-        if not isinstance(exc, DBAPIError | SQLAlchemyTimeoutError):
-            # Raised by the driver itself (the hot path's plain SQL), so SQLAlchemy did not see
-            # the disconnect: drop the pools' connections as it would, and reconnect lazily.
-            await request.app.state.engine.dispose()
-            if request.app.state.driver_pool is not None:
-                await request.app.state.driver_pool.expire_connections()
         return error_response(ServiceUnavailable())
 
 

@@ -1,4 +1,4 @@
-"""``create_app()``: middleware, routers, error handlers and the lifespan (engine, HTTP client)."""
+"""``create_app()``: middleware, routers, error handlers and the lifespan (``app.runtime``)."""
 
 import gc
 import logging
@@ -10,12 +10,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.db import make_driver_pool, make_engine, make_sessionmaker
 from app.errors import install_error_handlers
-from app.llm import LlmClient
-from app.llm.http import make_http_client
 from app.routers import channels, docs, health
 from app.routers.openapi_docs import install_openapi
+from app.runtime import open_runtime
 
 DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply.
 
@@ -71,28 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # With a driver pool (PostgreSQL) the steady-state turn uses it, and SQLAlchemy's pool
-        # serves the rest (first messages, consent, admin).
-        driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
-        engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
-        async with make_http_client() as http_client:
-            app.state.engine = engine
-            app.state.driver_pool = driver_pool
-            app.state.sessionmaker = make_sessionmaker(engine, driver_pool)
-            app.state.http_client = http_client
-            app.state.llm = LlmClient(
-                http_client,
-                timeout=settings.llm_timeout_seconds,
-                max_retries=settings.llm_max_retries,
-                total_timeout=settings.llm_total_timeout_seconds,
-            )
+        async with open_runtime(settings) as runtime:
+            app.state.runtime = runtime
+            # Shortcuts for the HTTP layer and the tests.
+            app.state.engine = runtime.engine
+            app.state.sessionmaker = runtime.sessionmaker
+            app.state.driver_pool = runtime.driver_pool
+            app.state.llm = runtime.llm
             tune_garbage_collector()
-            try:
-                yield
-            finally:
-                await engine.dispose()
-                if driver_pool is not None:
-                    await driver_pool.close()
+            yield
 
     app = FastAPI(
         title="Chatbots API",

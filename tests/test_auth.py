@@ -284,7 +284,9 @@ async def test_last_used_at_is_rewritten_after_a_minute(client, db, world):
     assert (await key_row(db, key)).last_used_at > old + timedelta(minutes=1)
 
 
-async def test_a_failed_request_does_not_write_last_used_at(client, db, settings, fake_llm):
+async def test_a_request_rejected_for_its_body_still_records_the_keys_use(client, db, settings, fake_llm):
+    """The key was used: its use is recorded at authentication, in a write of its own, so no
+    transaction is open while the body is read (a stalled client must not hold one)."""
     from sqlalchemy import select
 
     from app.auth.api_keys import split_prefix
@@ -296,4 +298,4 @@ async def test_a_failed_request_does_not_write_last_used_at(client, db, settings
     assert bad.status_code == 400
     async with db() as s:
         key = await s.scalar(select(ApiKey).where(ApiKey.prefix == split_prefix(world.key)))
-    assert key.last_used_at is None
+    assert key.last_used_at is not None

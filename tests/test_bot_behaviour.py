@@ -127,13 +127,15 @@ async def test_system_prompt_variables_reach_the_model(client, db, fake_llm, set
                 Participant.identifier == w.user.email,
             )
         )
-        s.add(
-            ParticipantData(
-                participant_id=participant.id,
-                chatbot_id=w.chatbot.id,
-                data={"address": {"city": "Pune"}, "timezone": "Asia/Kolkata"},
+        # The first message created the participant's (empty) data row for this chatbot.
+        data = await s.scalar(
+            select(ParticipantData).where(
+                ParticipantData.participant_id == participant.id,
+                ParticipantData.chatbot_id == w.chatbot.id,
             )
         )
+        assert data.data == {}
+        data.data = {"address": {"city": "Pune"}, "timezone": "Asia/Kolkata"}
         await s.commit()
 
     second = await chat(client, w, f"second {t}")

@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.auth.api_key_auth import resolve_api_key
-from app.db import get_session
 from app.errors import NotAuthenticated, PermissionDenied
 from app.models import Role
+from app.stores.base import TurnStore
 
 INTERACT_SCOPE = "chatbots:interact"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -42,12 +40,12 @@ class Principal:
         return self.kind != "oauth" or scope in self.scopes
 
 
-Resolver = Callable[[AsyncSession, str], Awaitable[Principal | None]]
+Resolver = Callable[[TurnStore, str], Awaitable[Principal | None]]
 
 
-async def _resolve_bearer(session: AsyncSession, token: str) -> Principal | None:
+async def _resolve_bearer(store: TurnStore, token: str) -> Principal | None:
     # OAuth access tokens are tried first once the authorization server lands; then API keys.
-    return await resolve_api_key(session, token)
+    return await resolve_api_key(store, token)
 
 
 def _bearer_token(request: Request) -> str | None:
@@ -69,19 +67,20 @@ def _presented(request: Request) -> list[tuple[str, Resolver]]:
     return found
 
 
-async def _unsupported(_: AsyncSession, __: str) -> Principal | None:
+async def _unsupported(_: TurnStore, __: str) -> Principal | None:
     return None  # embed keys are resolved by a later issue: until then, not a valid credential
 
 
-async def authenticate(
-    request: Request, session: Annotated[AsyncSession, Depends(get_session)]
-) -> Principal:
+async def authenticate(request: Request) -> Principal:
+    """Resolve the presented credentials. No transaction is left open: the request's body is
+    read after this, and a client may send it slowly."""
+    store: TurnStore = request.app.state.runtime.store
     presented = _presented(request)
     if not presented:
         raise NotAuthenticated()
     principals = []
     for raw, resolve in presented:
-        principal = await resolve(session, raw) if raw else None
+        principal = await resolve(store, raw) if raw else None
         if principal is None:
             raise NotAuthenticated(INVALID_TOKEN)
         principals.append(principal)

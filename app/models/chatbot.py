@@ -3,7 +3,7 @@
 import enum
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false, text, true
 from sqlalchemy.orm import Mapped, mapped_column
@@ -32,28 +32,6 @@ class Platform(enum.StrEnum):
     evaluations = "evaluations"
 
 
-class BotVersionRules:
-    """Rules of a chatbot version's config, for the ORM row (``Chatbot``) and plain copies of
-    one (the fast path's, ``services.fast_turn``)."""
-
-    if TYPE_CHECKING:  # provided by the class using this one (no runtime annotations for the ORM)
-        version_number: int
-        working_version_id: int | None
-        consent_text: str | None
-
-    @property
-    def version_label(self) -> str:
-        """How replies are labelled with the version that wrote them: ``v3``, or
-        ``v4-unreleased`` for the working version (the head: ``working_version_id`` NULL)."""
-        if self.working_version_id is None:
-            return f"v{self.version_number}-unreleased"
-        return f"v{self.version_number}"
-
-    @property
-    def has_consent(self) -> bool:
-        return bool(self.consent_text)
-
-
 class LlmProvider(Base):
     """A team's LLM account. ``config`` holds ``api_base`` etc.; ``api_key`` is encrypted."""
 
@@ -68,7 +46,7 @@ class LlmProvider(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Chatbot(Base, BotVersionRules):
+class Chatbot(Base):
     """One row per version. The editable head has ``working_version_id`` NULL and its
     ``version_number`` is the next number to publish; published versions point at the head."""
 
@@ -126,9 +104,6 @@ class Chatbot(Base, BotVersionRules):
     def is_working_version(self) -> bool:
         return self.working_version_id is None
 
-    @property
-    def head_id(self) -> int:
-        return self.working_version_id if self.working_version_id is not None else self.id
 
 
 

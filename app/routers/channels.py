@@ -9,12 +9,11 @@ from app.config import Settings
 from app.db import SessionDep
 from app.errors import NotFound
 from app.routers.body import json_body, nul_characters
-from app.routers.deps import LlmDep, SettingsDep
+from app.routers.deps import LlmDep, SettingsDep, StoreDep
 from app.routers.openapi_docs import error_responses, request_body
 from app.schemas import ApiMessage, ApiResponseMessage
-from app.services.conversation import handle_incoming_message
-from app.services.replies import TurnRequest
 from app.services.idempotency import request_fingerprint, run_idempotent
+from app.services.turn import TurnRequest, run_turn
 
 router = APIRouter(tags=["Channels"])
 MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer: anything larger cannot exist
@@ -52,6 +51,7 @@ _OPERATION: dict[str, Any] = {
 
 async def _incoming(
     db: SessionDep,
+    store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
     principal: PrincipalDep,
@@ -64,7 +64,7 @@ async def _incoming(
 
     async def turn() -> dict[str, Any]:
         request = TurnRequest(principal, experiment_id, version, body.message, body.session)
-        result = await handle_incoming_message(db, llm, settings, request)
+        result = await run_turn(store, llm, settings, request)
         return {
             "response": result.response,
             "attachments": result.attachments,
@@ -96,13 +96,14 @@ async def new_api_message(
     principal: PrincipalDep,
     body: ApiMessageBody,
     db: SessionDep,
+    store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
     experiment_id: ExperimentId,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Send a user's message to the chatbot's published version and get its reply."""
-    return await _incoming(db, llm, settings, principal, experiment_id, None, body, idempotency_key)
+    return await _incoming(db, store, llm, settings, principal, experiment_id, None, body, idempotency_key)
 
 
 @router.post(
@@ -116,6 +117,7 @@ async def new_api_message_versioned(
     principal: PrincipalDep,
     body: ApiMessageBody,
     db: SessionDep,
+    store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
     experiment_id: ExperimentId,
@@ -133,5 +135,5 @@ async def new_api_message_versioned(
     if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
         raise NotFound(f"Chatbot version {version} not found.")
     return await _incoming(
-        db, llm, settings, principal, experiment_id, int(version), body, idempotency_key
+        db, store, llm, settings, principal, experiment_id, int(version), body, idempotency_key
     )

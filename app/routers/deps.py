@@ -1,4 +1,4 @@
-"""Typed dependencies for what the app holds: settings and the LLM client."""
+"""Typed dependencies for what the app holds: settings, the LLM client and the turn's store."""
 
 from typing import Annotated
 
@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 
 from app.config import Settings
 from app.llm import LlmClient
+from app.stores.base import TurnStore
 
 
 async def get_settings_dep(request: Request) -> Settings:  # async: no thread-pool hop
@@ -16,5 +17,10 @@ async def get_llm(request: Request) -> LlmClient:
     return request.app.state.llm
 
 
+async def get_store(request: Request) -> TurnStore:
+    return request.app.state.runtime.store
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 LlmDep = Annotated[LlmClient, Depends(get_llm)]
+StoreDep = Annotated[TurnStore, Depends(get_store)]

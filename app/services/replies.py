@@ -1,83 +1,28 @@
-"""The parts of a turn that every path shares: gates, the messages for the model, the call.
+"""What the model is sent for a turn (system prompt, summary, history, the new message), the
+call, and what is recorded of it (``app.services.turn``)."""
 
-Used by the general turn (``conversation.py``, any database) and the PostgreSQL driver fast path
-(``fast_turn.py``).
-"""
+from dataclasses import dataclass
+from typing import Any
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from app.auth.principal import Principal
 from app.errors import ProviderFailed, ProviderTimedOut
 from app.llm import Completion, LlmClient, LlmConfig, LlmError, LlmTimeoutError
 from app.services import prompt
 from app.services.llm_config import PROVIDER_FAILED
-from app.services.participants import ApiPlace
-
-NOT_ALLOWED_REPLY = "Sorry, you are not allowed to chat to this bot"
-RESET_REPLY = "Conversation reset"
-RESET_COMMAND = "/reset"
-
-
-class BotConfig(Protocol):
-    system_prompt: str
-    source_material: str
-    history_mode: str
-    token_limit: int
-    participant_allowlist: list[Any]
-
-
-class SessionState(Protocol):
-    state: dict[str, Any]
-    summary: str | None
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    """One incoming message: who sends what to which chatbot, version and session."""
-
-    principal: Principal
-    experiment_id: str
-    version: int | None
-    message: str
-    session_external_id: str | None
-
-
-@dataclass
-class TurnResult:
-    response: str
-    session_id: str
-    attachments: list[dict[str, str]] = field(default_factory=list)
+from app.stores.base import BotConfig, Claim, StoredMessage
 
 
 @dataclass
 class TurnInput:
     """What the model is asked to answer, read under the lease before anything is written."""
 
-    history: list[Any]  # newest first: rows with id, role, content, hidden
-    older_unsummarized: list[Any]  # oldest first (history_mode "summarize" only)
+    history: list[StoredMessage]  # newest first
+    older_unsummarized: list[StoredMessage]  # oldest first (history_mode "summarize" only)
     user_text: str | None  # None: the last stored human message is the one to answer
-
-
-def gate_reply(bot: BotConfig, place: ApiPlace, principal: Principal) -> str | None:
-    """The reply of a gate that stops the turn before anything is stored, if one does."""
-    if not is_allowed(bot, place.identifier, principal):
-        return NOT_ALLOWED_REPLY
-    if not place.channel_enabled:
-        return place.disabled_message or ""
-    return None
-
-
-def is_allowed(bot: BotConfig, identifier: str, principal: Principal) -> bool:
-    """An allow-list admits the identifiers on it and the team's members (user credentials
-    always act as a member of the credential's team)."""
-    allowlist = bot.participant_allowlist or []
-    return not allowlist or identifier in allowlist or principal.user_id is not None
 
 
 def build_messages(
     bot: BotConfig,
-    chat: SessionState,
+    chat: Claim,
     participant_data: dict[str, Any],
     turn: TurnInput,
     summary: str | None,

@@ -1,0 +1,77 @@
+"""The resources every process kind shares, built in one place: the SQLAlchemy engine and
+sessionmaker, the turn's store (on PostgreSQL over its own asyncpg pool, with the listener
+that wakes turns waiting for another process's session), the HTTP client and the LLM client.
+
+The API's lifespan opens one per worker process; so will the delivery worker and any command
+that runs turns. Recovery from a lost database connection lives with the database code, not
+in an HTTP handler: SQLAlchemy's pool invalidates itself on a disconnect, and the PostgreSQL
+store expires its pool's connections (``PostgresStore._connection``), so a process that never
+answers HTTP recovers the same way.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db import driver_dsn, make_driver_pool, make_engine, make_sessionmaker
+from app.llm import LlmClient
+from app.llm.http import make_http_client
+from app.stores.base import TurnStore
+from app.stores.postgres_store import PostgresStore, SessionListener
+from app.stores.sqlalchemy_store import SqlAlchemyStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    store: TurnStore
+    driver_pool: asyncpg.Pool | None
+    http_client: aiohttp.ClientSession
+    llm: LlmClient
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Build the resources for one process; everything is closed on exit."""
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+    driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
+    listener: SessionListener | None = None
+    store: TurnStore
+    if driver_pool is not None:
+        listener = SessionListener(driver_dsn(settings.database_url), asyncpg.connect)
+        store = PostgresStore(driver_pool, listener)
+    else:
+        store = SqlAlchemyStore(engine)
+    try:
+        async with make_http_client() as http_client:
+            yield Runtime(
+                settings=settings,
+                engine=engine,
+                sessionmaker=make_sessionmaker(engine),
+                store=store,
+                driver_pool=driver_pool,
+                http_client=http_client,
+                llm=LlmClient(
+                    http_client,
+                    timeout=settings.llm_timeout_seconds,
+                    max_retries=settings.llm_max_retries,
+                    total_timeout=settings.llm_total_timeout_seconds,
+                ),
+            )
+    finally:
+        if listener is not None:
+            await listener.close()
+        if driver_pool is not None:
+            await driver_pool.close()
+        await engine.dispose()

@@ -1,0 +1,317 @@
+"""One conversation turn of ``incoming_message`` (SPEC §3.2 steps 3–9, §5.2, §5.3, §3.4): every
+decision of a turn, written once, over a store (``app.stores``: PostgreSQL or SQLAlchemy).
+
+1. The chatbot, the answering version, its provider and the user's place, in one read
+   (404s: chatbot, version, impossible session id).
+2. The session's turn lease, claimed together with storing the human message (one statement on
+   PostgreSQL), so nothing the user sent is lost; a busy session is waited for: in this process
+   on a FIFO queue, across processes on the store's release signal. The participant, its data
+   row and the session are created by the same claim on first contact.
+3. Gates (allow-list, disabled channel) and ``/reset`` answer without the model; consent
+   (§5.3) is asked for until given.
+4. The model is called with no transaction and no connection held.
+5. The reply is stored, the session updated and its lease released in one write.
+"""
+
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from app.auth.principal import Principal
+from app.config import Settings
+from app.db import utcnow
+from app.errors import BadRequest, NotFound, PermissionDenied, ServiceUnavailable
+from app.llm import LlmClient, LlmConfig, LlmError
+from app.models import HistoryMode, MessageRole, Platform, SessionStatus
+from app.services import prompt
+from app.services.chatbots import CHATBOT_NOT_FOUND, parse_public_id
+from app.services.llm_config import llm_config_for
+from app.services.replies import TurnInput, build_messages, complete, completion_metadata
+from app.services.sessions import (
+    SESSION_ENDED,
+    SESSION_NOT_FOUND,
+    local_turn,
+    queued_sessions,
+    session_id_can_exist,
+    session_is_queued,
+)
+from app.stores.base import (
+    ApiChannel,
+    BotConfig,
+    Claim,
+    ClaimRequest,
+    NewMessage,
+    SessionKey,
+    SessionUpdate,
+    StoredMessage,
+    TurnStore,
+)
+from app.stores.statements import CONSENT_PENDING
+
+NO_USER = "A client-credentials token has no user to chat as; use a user credential."
+NOT_ALLOWED_REPLY = "Sorry, you are not allowed to chat to this bot"
+RESET_REPLY = "Conversation reset"
+RESET_COMMAND = "/reset"
+CONSENT_YES = "1"
+SUMMARIZE_BATCH = 10  # older messages are folded into the summary ten at a time
+BUSY = "Another message in this session is still being processed."
+# A claim that loses a race to create the participant or the session starts again; a race is
+# lost at most once per row, so this is never reached in practice.
+MAX_CLAIM_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One incoming message: who sends what to which chatbot, version and session."""
+
+    principal: Principal
+    experiment_id: str
+    version: int | None
+    message: str
+    session_external_id: str | None
+
+
+@dataclass
+class TurnResult:
+    response: str
+    session_id: str
+    attachments: list[dict[str, str]] = field(default_factory=list)
+
+
+async def run_turn(
+    store: TurnStore, llm: LlmClient, settings: Settings, request: TurnRequest
+) -> TurnResult:
+    principal, message = request.principal, request.message
+    if principal.user_id is None or principal.user_email is None:
+        raise PermissionDenied(NO_USER)
+    public_id = parse_public_id(request.experiment_id)
+    target = await store.load_target(principal.team_id, public_id, request.version, principal.user_email)
+    if target is None:
+        raise NotFound(CHATBOT_NOT_FOUND)
+    if target.bot is None:
+        raise NotFound(f"Chatbot version {request.version} not found.")
+    named = request.session_external_id
+    if named is not None and (not session_id_can_exist(named) or target.participant_id is None):
+        raise NotFound(SESSION_NOT_FOUND)  # cannot exist, or cannot be this participant's
+    bot = target.bot
+    channel = target.channel or await store.create_api_channel(principal.team_id)
+    gate = gate_reply(bot, channel, principal)
+    is_reset = message.strip().lower() == RESET_COMMAND
+    ask = ClaimRequest(
+        key=SessionKey(principal.team_id, target.head_id, channel.id, Platform.api),
+        participant_id=target.participant_id,
+        identifier=principal.user_email,
+        user_id=principal.user_id,
+        now=utcnow(),
+        lease_until=utcnow(),
+        human=None if gate is not None or is_reset else message,
+        consent=bot.has_consent,
+        history_limit=prompt.history_read_limit(bot.history_mode, bot.max_history_length),
+        external_id=request.session_external_id,
+    )
+
+
+    async def find_participant() -> int | None:  # after losing a race to create it
+        again = await store.load_target(principal.team_id, public_id, None, principal.user_email or "")
+        return again.participant_id if again is not None else None
+
+    async with contextlib.AsyncExitStack() as queue:
+        claim = await _claim(store, settings, ask, queue, find_participant)
+        ask = dataclasses.replace(ask, participant_id=claim.participant_id)
+        released = False
+        try:
+            if gate is not None:
+                return TurnResult(gate, claim.external_id)
+            if is_reset:
+                new_session = await store.reset(claim.id, ask, SessionStatus.pending_review)
+                released = True
+                return TurnResult(RESET_REPLY, new_session)
+            result = await _answer(store, llm, settings, target.provider, bot, claim, message)
+            released = True
+            return result
+        finally:
+            if not released:
+                await _release_quietly(store, claim.id)
+
+
+async def _answer(
+    store: TurnStore,
+    llm: LlmClient,
+    settings: Settings,
+    provider: Any,
+    bot: BotConfig,
+    claim: Claim,
+    message: str,
+) -> TurnResult:
+    """Consent, the model call and the reply, under the claimed lease (released on success)."""
+    session_id = claim.external_id
+    user_text: str | None = message
+    if bot.has_consent and claim.status in CONSENT_PENDING:
+        consent = await _consent_step(store, bot, claim, message)
+        if consent.reply is not None:
+            return TurnResult(consent.reply, session_id)
+        # Consent given: answer the participant's first message (in the history), or the seed.
+        user_text = bot.seed_message or None
+    config = llm_config_for(bot, provider, settings.effective_secret_key, session_id)
+
+    summary, summary_until_id = claim.summary, claim.summary_until_id
+    older: list[StoredMessage] = []
+    limit = prompt.history_read_limit(bot.history_mode, bot.max_history_length)
+    if bot.history_mode == HistoryMode.summarize and len(claim.history) == limit:
+        older = await store.read_unsummarized(
+            claim.id, claim.history[-1].id, claim.summary_until_id or 0, prompt.HISTORY_READ_LIMIT
+        )
+        if len(older) >= SUMMARIZE_BATCH:
+            summary = await _summarize(llm, config, claim.summary, older)
+            if summary != claim.summary:
+                summary_until_id = older[-1].id
+    turn = TurnInput(history=claim.history, older_unsummarized=older, user_text=user_text)
+    messages = build_messages(bot, claim, claim.participant_data, turn, summary)
+    completion = await complete(llm, messages, config, session_id)
+
+    now = utcnow()
+    versions_seen = claim.versions_seen
+    if bot.version_number not in versions_seen:
+        versions_seen = [*versions_seen, bot.version_number]
+    reply = NewMessage(MessageRole.ai, completion.text, completion_metadata(completion),
+                       bot.version_label)  # fmt: skip
+    await store.save(
+        claim.id,
+        [reply],
+        SessionUpdate(SessionStatus.active, now, versions_seen, summary, summary_until_id),
+        now,
+    )
+    return TurnResult(completion.text, session_id)
+
+
+@dataclass(frozen=True)
+class _Consent:
+    reply: str | None  # the consent prompt to send; None: consent was just given
+
+
+async def _consent_step(store: TurnStore, bot: BotConfig, claim: Claim, message: str) -> _Consent:
+    """Conversational consent (SPEC §5.3). The first message is kept visible: it is answered
+    after consent; the consent exchange itself is hidden from the model."""
+    consent_prompt = f"{bot.consent_text}\n\n{bot.confirmation_text or ''}".rstrip()
+    ask_again = NewMessage(MessageRole.ai, consent_prompt, version_label=bot.version_label,
+                           hidden=True)  # fmt: skip
+    now = utcnow()
+    if claim.status == SessionStatus.setup:
+        messages = [NewMessage(MessageRole.human, message), ask_again]
+        status, reply = SessionStatus.pending, consent_prompt
+    elif message.strip() == CONSENT_YES:
+        messages = [NewMessage(MessageRole.human, message, hidden=True)]
+        if bot.seed_message:
+            messages.append(
+                NewMessage(MessageRole.human, bot.seed_message, {"seed_message": True})
+            )
+        status, reply = SessionStatus.active, None
+    else:
+        messages = [NewMessage(MessageRole.human, message, hidden=True), ask_again]
+        status, reply = SessionStatus.pending, consent_prompt
+    update = SessionUpdate(status, now, claim.versions_seen, claim.summary,
+                           claim.summary_until_id, release=reply is not None)  # fmt: skip
+    await store.save(claim.id, messages, update, now)
+    return _Consent(reply)
+
+
+async def _claim(
+    store: TurnStore,
+    settings: Settings,
+    ask: ClaimRequest,
+    queue: contextlib.AsyncExitStack,
+    find_participant: Callable[[], Awaitable[int | None]],
+) -> Claim:
+    """Claim the turn's session (created when there is none), waiting for a busy one: in this
+    process behind the turns queued before it (``queue`` keeps its place until the turn ends),
+    across processes until the holder releases it."""
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        now = utcnow()
+        ask = dataclasses.replace(
+            ask, now=now, lease_until=_lease_end(settings, now), skip_ids=tuple(queued_sessions())
+        )
+        claim = await store.claim(ask)
+        if claim is not None:
+            if not session_is_queued(claim.id):
+                # Join this process's queue with no await since the claim, so a turn that
+                # arrives while this one runs queues behind it.
+                await queue.enter_async_context(local_turn(claim.id))
+            # Else a turn of this process queued for the session while the claim was in
+            # flight: the lease is this turn's, so it goes first and that one waits for it.
+            return claim
+        found = await store.find_session(ask.key, ask.participant_id, ask.external_id)
+        if found is None:
+            if ask.external_id is not None:
+                raise NotFound(SESSION_NOT_FOUND)
+            # Another request created the participant meanwhile: claim with it.
+            ask = dataclasses.replace(ask, participant_id=await find_participant())
+            continue
+        if found.ended:
+            raise BadRequest(SESSION_ENDED)
+        waited = contextlib.AsyncExitStack()
+        await waited.enter_async_context(local_turn(found.id))
+        claim = await _wait_and_claim(store, settings, dataclasses.replace(ask, session_id=found.id))
+        if claim is not None:
+            queue.push_async_exit(waited)
+            return claim
+        await waited.aclose()
+        # The session ended while this turn waited (a /reset): the turn goes to the open one.
+        if ask.external_id is not None:
+            raise BadRequest(SESSION_ENDED)
+    raise ServiceUnavailable(BUSY)
+
+
+async def _wait_and_claim(store: TurnStore, settings: Settings, ask: ClaimRequest) -> Claim | None:
+    """Claim the session by id once its holder lets go; None if it ended meanwhile."""
+    assert ask.session_id is not None
+    deadline = utcnow() + timedelta(seconds=settings.session_lease_seconds)
+    async with store.watch_releases(ask.session_id) as released:
+        while True:
+            now = utcnow()
+            claim = await store.claim(dataclasses.replace(ask, now=now,
+                                                          lease_until=_lease_end(settings, now)))  # fmt: skip
+            if claim is not None:
+                return claim
+            if await store.session_ended(ask.session_id):
+                return None
+            if now >= deadline:
+                raise ServiceUnavailable(BUSY)
+            await released.wait((deadline - now).total_seconds())
+
+
+def _lease_end(settings: Settings, now: Any) -> Any:
+    return now + timedelta(seconds=settings.session_lease_seconds)
+
+
+async def _release_quietly(store: TurnStore, session_id: int) -> None:
+    with contextlib.suppress(Exception):  # else the lease simply expires
+        await store.release(session_id)
+
+
+async def _summarize(
+    llm: LlmClient, config: LlmConfig, previous: str | None, older: list[StoredMessage]
+) -> str | None:
+    try:
+        completion = await llm.complete(prompt.summary_request(previous, older), config)
+    except LlmError:
+        return previous  # keep the old summary; the next turn tries again
+    return completion.text
+
+
+def gate_reply(bot: BotConfig, channel: ApiChannel, principal: Principal) -> str | None:
+    """The reply of a gate that stops the turn before anything is stored, if one does."""
+    if not is_allowed(bot, principal.user_email or "", principal):
+        return NOT_ALLOWED_REPLY
+    if not channel.enabled:
+        return channel.disabled_message or ""
+    return None
+
+
+def is_allowed(bot: BotConfig, identifier: str, principal: Principal) -> bool:
+    """An allow-list admits the identifiers on it and the team's members (user credentials
+    always act as a member of the credential's team)."""
+    allowlist = bot.participant_allowlist or []
+    return not allowlist or identifier in allowlist or principal.user_id is not None

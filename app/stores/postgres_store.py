@@ -1,0 +1,448 @@
+"""The PostgreSQL store: Core statements compiled once for asyncpg (``compiled.py``), run on a
+plain asyncpg pool in autocommit.
+
+Each write is one statement, so all or nothing without an explicit transaction, and several
+writes fold into one with data-modifying CTEs: a claim takes the lease, creates the session
+(with the participant and its data row on first contact) when there is none, stores the human
+message and reads the history and participant data in one round trip; ``save`` stores the
+reply and writes the session in another. Releasing a lease notifies
+``SESSION_RELEASED_CHANNEL``: turns of other processes waiting for that session wake at once
+(``SessionListener``) instead of polling. A connection goes back to the pool at the end of
+every method. A lost connection expires the pool's connections (the next use reconnects) and
+answers ``ServiceUnavailable``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    Integer,
+    String,
+    Text,
+    all_,
+    and_,
+    bindparam,
+    case,
+    cast,
+    column,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    not_,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app.errors import ServiceUnavailable
+from app.models import MessageRole, SessionStatus
+from app.stores import statements as st
+from app.stores.base import (
+    ApiChannel,
+    ApiKeyRecord,
+    Claim,
+    ClaimRequest,
+    NewMessage,
+    SessionFound,
+    SessionKey,
+    SessionUpdate,
+    StoredMessage,
+    TurnTarget,
+)
+from app.stores.compiled import CompiledStatement
+
+log = logging.getLogger(__name__)
+SESSION_RELEASED_CHANNEL = "chatbots_session_released"
+S, M = st.SESSION, st.MESSAGE
+DB_GONE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+
+
+def _json(value: Any) -> Any:
+    return bindparam(None, value, type_=JSONB)
+
+
+def _notify() -> Any:
+    return func.pg_notify(SESSION_RELEASED_CHANNEL, cast(S.c.id, Text))
+
+
+def _new_session(participant_id: Any) -> Any:
+    """A SELECT of one new session's column values (status ``setup``, lease taken)."""
+    values = {
+        "external_id": bindparam("new_external_id", type_=String),
+        "team_id": bindparam("p_team_id", type_=Integer),
+        "chatbot_id": bindparam("p_chatbot_id", type_=Integer),
+        "channel_id": bindparam("p_channel_id", type_=Integer),
+        "participant_id": participant_id,
+        "platform": bindparam("p_platform", type_=String),
+        "status": literal(SessionStatus.setup, String),
+        "state": _json({}),
+        "versions_seen": _json([]),
+        "created_at": st.NOW,
+        "last_activity_at": st.NOW,
+        "lease_until": st.LEASE_UNTIL,
+    }
+    return list(values), select(*values.values())
+
+
+def _create_session(participant_id: Any, *where: Any) -> Any:
+    names, values = _new_session(participant_id)
+    return (
+        pg_insert(S)
+        .from_select(names, values.where(*where))
+        .on_conflict_do_nothing()  # a concurrent first message won: its session is the one
+        .returning(*st.SESSION_COLUMNS)
+    )
+
+
+def _create_participant_data(participant_id: Any, *where: Any) -> Any:
+    pd = st.PARTICIPANT_DATA
+    return pg_insert(pd).from_select(
+        ["participant_id", "chatbot_id", "data", "system_metadata"],
+        select(participant_id, bindparam("p_chatbot_id", type_=Integer), _json({}), _json({})).where(
+            *where
+        ),
+    ).on_conflict_do_nothing()
+
+
+def _claim_statement(kind: str) -> CompiledStatement:
+    """One statement: claim (or create) the session, store the human message, read the history
+    (a CTE's snapshot: the new message is not in it) and the participant's data.
+
+    ``by_id``: the session a waiting turn queued for. ``owner``: the named or the open session
+    of a known participant, created when there is no open one. ``first_contact``: the
+    participant, its data row and its session are created."""
+    participant: Any = bindparam("p_participant_id", type_=Integer)
+    ctes: list[Any] = []
+    if kind == "by_id":
+        session = st.CLAIM_BY_ID.cte("claimed")
+    elif kind == "owner":
+        not_skipped = S.c.id != all_(bindparam("skip_ids", type_=ARRAY(Integer)))
+        claimed = st.claim_update(*st.OWNER, st.NAMED_OR_OPEN, not_skipped).cte("claimed")
+        none_claimed = ~exists(select(claimed.c.id))
+        created = _create_session(
+            participant, bindparam("p_external_id", type_=String).is_(None), none_claimed
+        ).cte("created")
+        has_data = st.PARTICIPANT_DATA_OF.exists()
+        ctes.append(
+            _create_participant_data(
+                participant, exists(select(created.c.id)), ~has_data
+            ).cte("data")
+        )
+        session = union_all(select(claimed), select(created)).cte("session")
+    else:
+        new = (
+            pg_insert(st.PARTICIPANT)
+            .values(
+                team_id=bindparam("p_team_id", type_=Integer),
+                platform=bindparam("p_platform", type_=String),
+                identifier=bindparam("identifier", type_=String),
+                user_id=bindparam("user_id", type_=Integer),
+                name="",
+                public_id=bindparam("new_participant_public_id"),
+                created_at=st.NOW,
+            )
+            .on_conflict_do_nothing()  # a concurrent first message created it: start again
+            .returning(st.PARTICIPANT.c.id)
+            .cte("participant")
+        )
+        participant = select(new.c.id).scalar_subquery()
+        session = _create_session(participant, exists(select(new.c.id))).cte("session")
+        ctes.append(_create_participant_data(participant, exists(select(new.c.id))).cte("data"))
+    human = insert(M).from_select(
+        ["session_id", "role", "content", "metadata", "version_label", "hidden", "created_at"],
+        select(
+            session.c.id,
+            literal(MessageRole.human, String),
+            bindparam("human", type_=Text),
+            _json({}),
+            literal(None, String),
+            literal(False),
+            st.NOW,
+        ).where(
+            bindparam("human", type_=Text).is_not(None),
+            not_(and_(bindparam("consent", type_=Boolean), st.awaits_consent(session.c.status))),
+        ),
+    ).cte("human")
+    recent = (
+        select(M.c.id, M.c.role, M.c.content, M.c.created_at)
+        .where(M.c.session_id == session.c.id, M.c.hidden.is_(False))
+        .order_by(M.c.created_at.desc(), M.c.id.desc())
+        .limit(bindparam("history_limit", type_=Integer))
+        .correlate(session)
+        .subquery("recent")
+    )
+    history = select(
+        func.coalesce(
+            func.json_agg(
+                aggregate_order_by(
+                    func.json_build_array(recent.c.id, recent.c.role, recent.c.content),
+                    recent.c.created_at.desc(),
+                    recent.c.id.desc(),
+                )
+            ),
+            literal_column("'[]'::json"),
+        )
+    ).scalar_subquery()
+    data = st.PARTICIPANT_DATA_OF.scalar_subquery()
+    if kind == "first_contact":
+        data = _json({})
+    statement = select(
+        *(session.c[c.name] for c in st.SESSION_COLUMNS),
+        history.label("history"),
+        data.label("participant_data"),
+    ).add_cte(human, *ctes)
+    return CompiledStatement(statement)
+
+
+_MESSAGES = func.jsonb_to_recordset(bindparam("messages", type_=JSONB)).table_valued(
+    column("role", String),
+    column("content", Text),
+    column("metadata", JSONB),
+    column("version_label", String),
+    column("hidden", Boolean),
+).render_derived(with_types=True)
+
+
+def _save_statement() -> CompiledStatement:
+    stored = insert(M).from_select(
+        ["session_id", "role", "content", "metadata", "version_label", "hidden", "created_at"],
+        select(
+            st.SESSION_ID,
+            _MESSAGES.c.role,
+            _MESSAGES.c.content,
+            _MESSAGES.c.metadata,
+            _MESSAGES.c.version_label,
+            _MESSAGES.c.hidden,
+            st.NOW,
+        ),
+    ).cte("stored")
+    # Notify only when the lease is given back: that is what waiting turns wait for.
+    notify = case((bindparam("release", type_=Boolean), _notify()), else_=None)
+    return CompiledStatement(st.UPDATE_SESSION.add_cte(stored).returning(notify))
+
+
+class PostgresStore:
+    def __init__(self, pool: asyncpg.Pool, listener: "SessionListener") -> None:
+        self.pool = pool
+        self.listener = listener
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self.pool.acquire() as connection:
+                yield connection
+        except DB_GONE as exc:
+            # The driver saw the database go: drop the pool's connections (each reconnects on
+            # its next use), as SQLAlchemy's pool does on a disconnect.
+            log.warning("database unavailable: %s", type(exc).__name__)
+            await self.pool.expire_connections()
+            raise ServiceUnavailable() from exc
+
+    async def find_api_key(self, prefix: str) -> ApiKeyRecord | None:
+        async with self._connection() as conn:
+            row = await _KEY.fetchrow(conn, {"prefix": prefix})
+        return None if row is None else ApiKeyRecord(*row)
+
+    async def record_key_use(self, key_id: int, now: datetime, not_since: datetime) -> None:
+        async with self._connection() as conn:
+            await _RECORD_KEY_USE.execute(conn, {"key_id": key_id, "now": now, "not_since": not_since})
+
+    async def load_target(
+        self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str
+    ) -> TurnTarget | None:
+        async with self._connection() as conn:
+            row = await _TARGET.fetchrow(conn, st.target_params(team_id, public_id, version, identifier))
+        return None if row is None else st.target_from_row(row, version or None)
+
+    async def create_api_channel(self, team_id: int) -> ApiChannel:
+        async with self._connection() as conn:
+            await _CREATE_API_CHANNEL.execute(conn, {"p_team_id": team_id})
+            row = await _FIND_API_CHANNEL.fetchrow(conn, {"p_team_id": team_id})
+        return ApiChannel(*row)
+
+    async def claim(self, request: ClaimRequest) -> Claim | None:
+        if request.session_id is not None:
+            statement = _CLAIM_BY_ID
+        elif request.participant_id is None:
+            statement = _CLAIM_FIRST_CONTACT
+        else:
+            statement = _CLAIM_OWNER
+        async with self._connection() as conn:
+            row = await statement.fetchrow(conn, st.claim_params(request))
+        if row is None:
+            return None
+        return Claim(
+            id=row["id"],
+            external_id=row["external_id"],
+            participant_id=row["participant_id"],
+            status=row["status"],
+            state=row["state"],
+            versions_seen=row["versions_seen"],
+            summary=row["summary"],
+            summary_until_id=row["summary_until_id"],
+            history=[StoredMessage(m[0], m[1], m[2]) for m in row["history"]],
+            participant_data=row["participant_data"] or {},
+        )
+
+    async def find_session(
+        self, key: SessionKey, participant_id: int | None, external_id: str | None
+    ) -> SessionFound | None:
+        if participant_id is None:
+            return None
+        async with self._connection() as conn:
+            row = await _FIND_SESSION.fetchrow(conn, st.owner_params(key, participant_id, external_id))
+        return None if row is None else SessionFound(row["id"], row["ended_at"] is not None)
+
+    async def session_ended(self, session_id: int) -> bool:
+        async with self._connection() as conn:
+            row = await _SESSION_ENDED_AT.fetchrow(conn, {"session_id": session_id})
+        return row is None or row["ended_at"] is not None
+
+    def watch_releases(self, session_id: int) -> Any:
+        return self.listener.watch(session_id)
+
+    async def read_unsummarized(
+        self, session_id: int, before_id: int, after_id: int, limit: int
+    ) -> list[StoredMessage]:
+        params = {"session_id": session_id, "before_id": before_id, "after_id": after_id,
+                  "limit": limit}  # fmt: skip
+        async with self._connection() as conn:
+            return st.stored_messages(await _UNSUMMARIZED.fetch(conn, params))
+
+    async def save(
+        self, session_id: int, messages: Sequence[NewMessage], update: SessionUpdate, now: datetime
+    ) -> None:
+        params = {
+            "session_id": session_id,
+            "now": now,
+            "messages": [
+                {"role": m.role, "content": m.content, "metadata": m.metadata,
+                 "version_label": m.version_label, "hidden": m.hidden}  # fmt: skip
+                for m in messages
+            ],
+            "status": update.status,
+            "last_activity_at": update.last_activity_at,
+            "versions_seen": update.versions_seen,
+            "summary": update.summary,
+            "summary_until_id": update.summary_until_id,
+            "release": update.release,
+        }
+        async with self._connection() as conn:
+            await _SAVE.execute(conn, params)
+
+    async def release(self, session_id: int) -> None:
+        async with self._connection() as conn:
+            await _RELEASE.execute(conn, {"session_id": session_id})
+
+    async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
+        params = {**st.claim_params(request), "session_id": session_id, "status": ended_status,
+                  "lease_until": None}  # fmt: skip
+        async with self._connection() as conn, conn.transaction():
+            await _END_SESSION.execute(conn, params)
+            row = await _OPEN_NEW_SESSION.fetchrow(conn, params)
+        return row["external_id"]
+
+
+class SessionListener:
+    """One LISTEN connection per process, opened on the first wait and again after a loss:
+    wakes the turns of this process that wait for a session another process holds.
+
+    A notification lost with a dropped connection is covered by ``MAX_WAIT_SECONDS``: a waiting
+    turn looks again at least that often."""
+
+    MAX_WAIT_SECONDS = 2.0
+
+    def __init__(self, dsn: str, connect: Any) -> None:
+        self._dsn = dsn
+        self._connect = connect
+        self._connection: asyncpg.Connection | None = None
+        self._opening = asyncio.Lock()
+        self._watchers: dict[int, list[asyncio.Event]] = {}
+
+    async def _listening(self) -> bool:
+        async with self._opening:
+            if self._connection is not None and not self._connection.is_closed():
+                return True
+            try:
+                self._connection = await self._connect(self._dsn)
+                await self._connection.add_listener(SESSION_RELEASED_CHANNEL, self._on_notify)
+            except DB_GONE as exc:
+                log.warning("cannot listen for session releases: %s", type(exc).__name__)
+                self._connection = None
+                return False
+            return True
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        for event in self._watchers.get(int(payload), ()):
+            event.set()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, session_id: int) -> AsyncIterator["_Released"]:
+        await self._listening()
+        released = _Released(self.MAX_WAIT_SECONDS)
+        self._watchers.setdefault(session_id, []).append(released.event)
+        try:
+            yield released
+        finally:
+            watchers = self._watchers[session_id]
+            watchers.remove(released.event)
+            if not watchers:
+                del self._watchers[session_id]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+
+class _Released:
+    def __init__(self, max_wait: float) -> None:
+        self.event = asyncio.Event()
+        self._max_wait = max_wait
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), min(timeout, self._max_wait))
+        self.event.clear()
+
+
+_KEY = CompiledStatement(st.KEY_WITH_MEMBERSHIP)
+_RECORD_KEY_USE = CompiledStatement(st.RECORD_KEY_USE)
+_TARGET = CompiledStatement(st.TARGET)
+_CREATE_API_CHANNEL = CompiledStatement(
+    pg_insert(st.CHANNEL)
+    .values(
+        team_id=bindparam("p_team_id", type_=Integer),
+        platform=literal(st.Platform.api, String),
+        name="API",
+        config=_json({}),
+        external_id=func.gen_random_uuid(),
+        enabled=True,
+        deleted=False,
+        created_at=func.now(),
+    )
+    .on_conflict_do_nothing()
+)
+_FIND_API_CHANNEL = CompiledStatement(st.FIND_API_CHANNEL)
+_CLAIM_BY_ID = _claim_statement("by_id")
+_CLAIM_OWNER = _claim_statement("owner")
+_CLAIM_FIRST_CONTACT = _claim_statement("first_contact")
+_FIND_SESSION = CompiledStatement(st.FIND_SESSION)
+_SESSION_ENDED_AT = CompiledStatement(st.SESSION_ENDED_AT)
+_UNSUMMARIZED = CompiledStatement(st.UNSUMMARIZED)
+_SAVE = _save_statement()
+_RELEASE = CompiledStatement(st.RELEASE.returning(_notify()))
+_END_SESSION = CompiledStatement(st.END_SESSION.returning(_notify()))
+_OPEN_NEW_SESSION = CompiledStatement(_create_session(bindparam("p_participant_id", type_=Integer)))

@@ -1,0 +1,227 @@
+"""The SQLAlchemy store: the turn's reads and writes as short SQLAlchemy Core transactions, for
+SQLite (the embedded default) and any other database SQLAlchemy speaks.
+
+Every method is one transaction of its own, committed before it returns. On SQLite a
+transaction that writes begins with ``BEGIN IMMEDIATE`` (it queues on the busy timeout instead
+of failing when another writer is active) and one that only reads begins a deferred one, which
+takes no write lock (``app.db``: the ``read_only`` execution option). Other processes' lease
+releases are not signalled here: a turn waiting for one looks again every
+``LEASE_POLL_SECONDS``.
+"""
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db import READ_ONLY, utcnow
+from app.models import Platform
+from app.stores import statements as st
+from app.stores.base import (
+    ApiChannel,
+    ApiKeyRecord,
+    Claim,
+    ClaimRequest,
+    NewMessage,
+    SessionFound,
+    SessionKey,
+    SessionUpdate,
+    StoredMessage,
+    TurnTarget,
+)
+
+LEASE_POLL_SECONDS = 0.05
+_CLAIM_OWNER = st.claim_update(
+    *st.OWNER, st.NAMED_OR_OPEN, st.SESSION.c.id.not_in(bindparam("skip_ids", expanding=True))
+)
+
+
+class SqlAlchemyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY: True})
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._reader.connect() as conn:
+            yield conn
+
+    def _write(self) -> Any:
+        return self.engine.begin()
+
+    def _insert_ignoring_conflicts(self, conn: AsyncConnection, table: Any) -> Any:
+        dialect = {"postgresql": postgresql, "sqlite": sqlite}[conn.dialect.name]
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    async def find_api_key(self, prefix: str) -> ApiKeyRecord | None:
+        async with self._read() as conn:
+            row = (await conn.execute(st.KEY_WITH_MEMBERSHIP, {"prefix": prefix})).first()
+        return None if row is None else ApiKeyRecord(*row)
+
+    async def record_key_use(self, key_id: int, now: datetime, not_since: datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(st.RECORD_KEY_USE, {"key_id": key_id, "now": now, "not_since": not_since})
+
+    async def load_target(
+        self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str
+    ) -> TurnTarget | None:
+        params = st.target_params(team_id, public_id, version, identifier)
+        async with self._read() as conn:
+            row = (await conn.execute(st.TARGET, params)).first()
+        return None if row is None else st.target_from_row(row._mapping, version or None)
+
+    async def create_api_channel(self, team_id: int) -> ApiChannel:
+        async with self._write() as conn:
+            await conn.execute(
+                self._insert_ignoring_conflicts(conn, st.CHANNEL).values(
+                    team_id=team_id, platform=Platform.api, name="API", config={},
+                    external_id=uuid.uuid4(), enabled=True, deleted=False,
+                    created_at=utcnow(),
+                )  # fmt: skip
+            )
+            row = (await conn.execute(st.FIND_API_CHANNEL, {"p_team_id": team_id})).one()
+        return ApiChannel(*row)
+
+    async def claim(self, request: ClaimRequest) -> Claim | None:
+        params = st.claim_params(request)
+        async with self._write() as conn:
+            row = await self._claim_or_create(conn, request, params)
+            if row is None:
+                return None
+            session = row._mapping
+            history = []
+            if request.history_limit:
+                history = st.stored_messages(await conn.execute(st.RECENT_HISTORY, {
+                    "session_id": session["id"], "history_limit": request.history_limit}))  # fmt: skip
+            data = await conn.scalar(st.PARTICIPANT_DATA_OF, params)
+            if request.human is not None and st.human_is_stored(session["status"], request.consent):
+                await conn.execute(
+                    insert(st.MESSAGE),
+                    st.message_values(session["id"], NewMessage("human", request.human), request.now),
+                )
+        return Claim(
+            id=session["id"],
+            external_id=session["external_id"],
+            participant_id=session["participant_id"],
+            status=session["status"],
+            state=session["state"],
+            versions_seen=session["versions_seen"],
+            summary=session["summary"],
+            summary_until_id=session["summary_until_id"],
+            history=history,
+            participant_data=data or {},
+        )
+
+    async def _claim_or_create(
+        self, conn: AsyncConnection, request: ClaimRequest, params: dict[str, Any]
+    ) -> Any:
+        if request.session_id is not None:
+            return (await conn.execute(st.CLAIM_BY_ID, params)).first()
+        if request.participant_id is not None:
+            row = (await conn.execute(_CLAIM_OWNER, params)).first()
+            if row is not None or request.external_id is not None:
+                return row
+        else:
+            participant_id = await conn.scalar(
+                self._insert_ignoring_conflicts(conn, st.PARTICIPANT)
+                .values(
+                    team_id=request.key.team_id, platform=request.key.platform,
+                    identifier=request.identifier, user_id=request.user_id, name="",
+                    public_id=uuid.uuid4(), created_at=request.now,
+                )
+                .returning(st.PARTICIPANT.c.id)
+            )  # fmt: skip
+            if participant_id is None:
+                return None  # a concurrent first message created it: the caller starts again
+            params["p_participant_id"] = participant_id
+        row = (
+            await conn.execute(
+                self._insert_ignoring_conflicts(conn, st.SESSION)
+                .values(st.new_session_values(params))
+                .returning(*st.SESSION_COLUMNS)
+            )
+        ).first()
+        if row is not None:  # the open session is busy otherwise (the partial unique index)
+            await conn.execute(
+                self._insert_ignoring_conflicts(conn, st.PARTICIPANT_DATA).values(
+                    participant_id=params["p_participant_id"], chatbot_id=request.key.chatbot_id,
+                    data={}, system_metadata={},
+                )  # fmt: skip
+            )
+        return row
+
+    async def find_session(
+        self, key: SessionKey, participant_id: int | None, external_id: str | None
+    ) -> SessionFound | None:
+        if participant_id is None:
+            return None
+        async with self._read() as conn:
+            row = (await conn.execute(st.FIND_SESSION, st.owner_params(key, participant_id, external_id))).first()
+        return None if row is None else SessionFound(row.id, row.ended_at is not None)
+
+    async def session_ended(self, session_id: int) -> bool:
+        async with self._read() as conn:
+            row = (await conn.execute(st.SESSION_ENDED_AT, {"session_id": session_id})).first()
+        return row is None or row.ended_at is not None
+
+    @contextlib.asynccontextmanager
+    async def watch_releases(self, session_id: int) -> AsyncIterator["PollForRelease"]:
+        yield PollForRelease()
+
+    async def read_unsummarized(
+        self, session_id: int, before_id: int, after_id: int, limit: int
+    ) -> list[StoredMessage]:
+        params = {"session_id": session_id, "before_id": before_id, "after_id": after_id,
+                  "limit": limit}  # fmt: skip
+        async with self._read() as conn:
+            return st.stored_messages(await conn.execute(st.UNSUMMARIZED, params))
+
+    async def save(
+        self, session_id: int, messages: Sequence[NewMessage], update: SessionUpdate, now: datetime
+    ) -> None:
+        async with self._write() as conn:
+            if messages:
+                await conn.execute(
+                    insert(st.MESSAGE), [st.message_values(session_id, m, now) for m in messages]
+                )
+            await conn.execute(
+                st.UPDATE_SESSION,
+                {
+                    "session_id": session_id,
+                    "status": update.status,
+                    "last_activity_at": update.last_activity_at,
+                    "versions_seen": update.versions_seen,
+                    "summary": update.summary,
+                    "summary_until_id": update.summary_until_id,
+                    "release": update.release,
+                },
+            )
+
+    async def release(self, session_id: int) -> None:
+        async with self._write() as conn:
+            await conn.execute(st.RELEASE, {"session_id": session_id})
+
+    async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
+        params = st.claim_params(request)
+        async with self._write() as conn:
+            await conn.execute(
+                st.END_SESSION, {"session_id": session_id, "status": ended_status, "now": request.now}
+            )
+            return await conn.scalar(
+                insert(st.SESSION)
+                .values(st.new_session_values({**params, "lease_until": None}))
+                .returning(st.SESSION.c.external_id)
+            )
+
+
+class PollForRelease:
+    """No notifications here: look again after a short sleep."""
+
+    async def wait(self, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, LEASE_POLL_SECONDS))
