@@ -1,6 +1,6 @@
 """The benchmark: the service on PostgreSQL with ONE worker, against the fake LLM, and the floor.
 
-    python bench/run.py            # the full run (about 5-8 minutes on 2 cores)
+    python bench/run.py            # the full run (about 9 minutes on 2 cores)
     python bench/run.py --quick    # a short smoke run (about 2 minutes)
 
 What it does, stopping everything it started in the end (try/finally, process groups):
