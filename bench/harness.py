@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    FULL, HOST, LATENCIES, N_USERS, PY, QUICK, QUIET_OTHER_PCT, ROOT, SYSTEM_PROMPT, TEAM, log,
+    FULL, HOST, LATENCIES, N_USERS, NEW_USER_PREFIX, PY, QUICK, QUIET_OTHER_PCT, ROOT,
+    SYSTEM_PROMPT, TEAM, log, new_users_needed,
 )  # fmt: skip
 from bench.loadgen import LoadResult, Request, run_load
 from bench.processes import (
@@ -68,6 +69,8 @@ class Bench:
         self.env: dict[str, str] = {}
         self.chatbots: dict[int, str] = {}  # LLM latency -> chatbot public id
         self.keys: list[str] = []
+        self.new_keys: list[str] = []  # the fresh scenario's users, each used for one first contact
+        self.new_keys_used = 0
         self.fake: Proc | None = None
         self.fake_port = 0
         self.service: Proc | None = None
@@ -133,15 +136,33 @@ class Bench:
                             "--system-prompt", SYSTEM_PROMPT, "--json")  # fmt: skip
             self.cli("chatbot", "publish", head["public_id"], "--json")
             self.chatbots[latency] = head["public_id"]
+        self.keys = self.seed_users(N_USERS)
+        log(f"migrated and seeded ({N_USERS} users with write keys, 2 chatbots) "
+            f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        t0 = time.perf_counter()
+        n = new_users_needed(self.budget)
+        self.new_keys = self.seed_users(n, "--prefix", NEW_USER_PREFIX, "--bulk")
+        seconds = time.perf_counter() - t0
+        self.results["new_users_seed"] = {"users": n, "seconds": round(seconds, 2)}
+        log(f"seeded {n} new users for the fresh scenario (bulk) in {seconds:.1f}s")
+
+    def seed_users(self, count: int, *options: str) -> list[str]:
+        """``count`` users made by ``bench/seed.py`` (one process): their write keys, in order."""
         seeded = subprocess.run(
-            [PY, "-m", "bench.seed", "--team", TEAM, "--users", str(N_USERS)], cwd=ROOT,
+            [PY, "-m", "bench.seed", "--team", TEAM, "--users", str(count), *options], cwd=ROOT,
             env=self.env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         if seeded.returncode != 0:
             raise RuntimeError(f"bench.seed failed: {seeded.stderr[-2000:]}")
-        self.keys = [u["key"] for u in json.loads(seeded.stdout)["users"]]
-        log(f"migrated and seeded ({N_USERS} users with write keys, 2 chatbots) "
-            f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        return [u["key"] for u in json.loads(seeded.stdout)["users"]]
+
+    def take_new_users(self, count: int) -> range:
+        """The next ``count`` unused indexes into ``new_keys``: no user is a first contact twice."""
+        start = self.new_keys_used
+        if start + count > len(self.new_keys):
+            raise RuntimeError(f"only {len(self.new_keys) - start} new users left, {count} wanted")
+        self.new_keys_used += count
+        return range(start, start + count)
 
     def start_service(self, name: str = "service") -> tuple[Proc, int, float]:
         port = free_port()
@@ -159,9 +180,19 @@ class Bench:
 
     # -- request builders ---------------------------------------------------------------------
     def service_request(self, latency: int, user: int) -> Request:
+        text = f"hello from client {user}"
+        return self.incoming_request(latency, self.keys[user], text, str(user))
+
+    def new_user_request(self, latency: int, index: int, visit: int) -> Request:
+        """New user ``index``'s message number ``visit``: 1 opens their participant and session
+        (a first contact), 2 continues that session (a returning user)."""
+        text = f"hello {'from' if visit == 1 else 'again from'} new user {index}"
+        return self.incoming_request(latency, self.new_keys[index], text, f"new-{index}")
+
+    def incoming_request(self, latency: int, key: str, text: str, label: str) -> Request:
         url = f"http://{HOST}:{self.service_port}/channels/api/{self.chatbots[latency]}/incoming_message"
-        body = json.dumps({"message": f"hello from client {user}"})
-        return Request.build("POST", url, {"X-api-key": self.keys[user]}, body, label=str(user))
+        body = json.dumps({"message": text})
+        return Request.build("POST", url, {"X-api-key": key}, body, label=label)
 
     def floor_request(self, latency: int, user: int) -> Request:
         url = f"http://{HOST}:{self.fake_port}/v1/chat/completions"
@@ -182,7 +213,10 @@ class Bench:
         duration: float,
         warmup: int,
         on_complete: Any = None,
+        shared: bool = False,
     ) -> tuple[dict[str, Any], LoadResult]:
+        """One load phase (``run_load``; ``shared``: each request sent once) with the CPU of
+        every process, the worker's RSS and the connections the service opened."""
         pid = self.service_pid() if self.service else None
         meter = CpuMeter(pid, self.pg, self.fake.pid if self.fake else 0)
         waited = await self.wait_quiet(meter)
@@ -213,7 +247,7 @@ class Bench:
         try:
             result = await run_load(
                 requests, concurrency=concurrency, total=total, duration=duration, warmup=warmup,
-                on_complete=on_complete, on_measure_start=meter.start,
+                on_complete=on_complete, on_measure_start=meter.start, shared=shared,
             )  # fmt: skip
         finally:
             stop.set()

@@ -3,7 +3,9 @@
 Each virtual client owns one keep-alive TCP connection and sends its own prebuilt request
 (URL, headers and body per client), one at a time: concurrency = number of clients. The run is
 bounded by a total request count and a duration cap (whichever comes first) and by a per-request
-timeout. Warm-up requests run first and are not measured.
+timeout. Warm-up requests run first and are not measured. With ``shared=True`` (CLI ``--once``)
+the clients instead draw from one queue: each request is sent once, in order, by whichever client
+is free, and the run also ends when the queue is empty (e.g. a new user's key on every request).
 
 Reports requests/s, p50/p95/p99/max latency (ms), errors (non-2xx, socket errors, timeouts) and
 the status counts. No httpx: a Protocol per connection parses the status line, the headers and a
@@ -21,6 +23,7 @@ From the command line (one header file line per client gives each client its own
     python bench/loadgen.py http://127.0.0.1:8000/channels/api/<id>/incoming_message \\
         -c 16 -n 3000 -d 15 --warmup 32 --body '{"message": "hi"}' \\
         --client-header-file keys.txt     # lines like "X-api-key: abc.def"
+        # add --once to send each line's request once (a new credential per request)
     python bench/loadgen.py http://127.0.0.1:9000/v1/chat/completions -c 64 -n 3000 \\
         --body '{"model": "latency-200", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -38,7 +41,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -246,7 +249,7 @@ class LoadResult:
     warmup_completed: int = 0
     warmup_errors: int = 0
     error_samples: list[str] = field(default_factory=list)
-    stopped_by: str = ""  # "total" | "duration"
+    stopped_by: str = ""  # "total" | "duration" | "exhausted" (a shared queue ran out)
 
     def summary(self) -> dict[str, Any]:
         ok = sorted(self.latencies)
@@ -293,13 +296,14 @@ class Client:
         )
         return conn
 
-    async def call(self) -> tuple[int | str, bytes]:
-        """(status, body) or (error kind, b"") ; never raises for network trouble."""
+    async def call(self, request: Request | None = None) -> tuple[int | str, bytes]:
+        """(status, body) or (error kind, b"") ; never raises for network trouble.
+        ``request`` (same host and port) replaces the client's own for this call."""
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = await self._connect()
             conn = self.conn
-            fut = conn.send(self.request.payload)
+            fut = conn.send((request or self.request).payload)
             loop = asyncio.get_running_loop()
             handle = loop.call_later(self.timeout, _expire, fut)
             try:
@@ -338,8 +342,11 @@ async def run_load(
     on_complete: Callable[[int], None] | None = None,
     on_measure_start: Callable[[], None] | None = None,
     allow_non_loopback: bool = False,
+    shared: bool = False,
 ) -> LoadResult:
     """Run ``concurrency`` clients; client i sends ``requests[i % len(requests)]`` repeatedly.
+    With ``shared``, the clients take ``requests`` in order from one queue instead, each sent
+    once (warm-up first), and the run also stops when the queue is empty ("exhausted").
 
     Stops issuing after ``total`` measured requests or ``duration`` seconds, whichever first (at
     least one of the two is required); in-flight requests then finish (bounded by ``timeout``).
@@ -357,14 +364,19 @@ async def run_load(
         for request in requests:
             if not is_loopback(request.host):
                 raise ValueError(f"refusing a non-loopback target {request.host!r}")
+    # A client keeps its connection, so the requests it may draw must share its host and port.
+    if shared and len({(r.host, r.port) for r in requests}) > 1:
+        raise ValueError("shared requests must all go to one host and port")
+    queue = iter(requests) if shared else None
     clients = [Client(requests[i % len(requests)], timeout) for i in range(concurrency)]
     result = LoadResult(concurrency=concurrency)
     try:
         if warmup > 0:
-            await _phase(clients, result, warmup, None, measured=False)
+            await _phase(clients, result, warmup, None, queue, measured=False)
         if on_measure_start is not None:
             on_measure_start()
-        await _phase(clients, result, total, duration, measured=True, on_complete=on_complete)
+        await _phase(clients, result, total, duration, queue, measured=True,
+                     on_complete=on_complete)  # fmt: skip
     finally:
         for client in clients:
             client.close()
@@ -376,6 +388,7 @@ async def _phase(
     result: LoadResult,
     total: int | None,
     duration: float | None,
+    queue: Iterator[Request] | None,
     *,
     measured: bool,
     on_complete: Callable[[int], None] | None = None,
@@ -397,8 +410,12 @@ async def _phase(
             if now >= deadline:
                 stopped["by"] = stopped["by"] or "duration"
                 return
+            request = client.request if queue is None else next(queue, None)
+            if request is None:
+                stopped["by"] = stopped["by"] or "exhausted"
+                return
             issued += 1
-            status, body = await client.call()
+            status, body = await client.call(request)
             done = perf()
             latency = done - now
             if not measured:
@@ -457,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-H", "--header", action="append", default=[], type=_parse_header,
                         help="a header for every client, 'Name: value'; repeatable")
     parser.add_argument("--client-header-file", help="one 'Name: value' line per client")
+    parser.add_argument("--once", action="store_true",
+                        help="send each --client-header-file line's request once, in order, by "
+                        "whichever client is free (a new credential per request)")
     parser.add_argument("--body", help="request body (JSON text); @FILE reads a file")
     parser.add_argument("-c", "--concurrency", type=int, default=1)
     parser.add_argument("-n", "--requests", type=int, default=None, help="measured requests cap")
@@ -490,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             timeout=args.timeout,
             allow_non_loopback=args.allow_non_loopback,
+            shared=args.once,
         )
     )
     summary = result.summary()

@@ -1,5 +1,6 @@
 """The measurements, each a step of the run on a set-up ``Bench``: start-up and RSS, the matrix
-of the service and the floor, the long-history comparison, the SQL trace of a turn, the client
+of the service and the floor (each trial ending with the fresh scenario: first contacts, then
+the same users returning), the long-history comparison, the SQL trace of a turn, the client
 cost of one database operation (``bench/dbmicro.py``) and the py-spy profile of the worker."""
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    CONCURRENCIES, FRESH_USER, HISTORY_MESSAGES, HISTORY_USER, HOST, LATENCIES, N_LOAD_USERS, PY,
-    ROOT, TRACE_USER, log, shown,
+    CONCURRENCIES, FRESH_CONCURRENCIES, FRESH_USER, HISTORY_MESSAGES, HISTORY_USER, HOST, LATENCIES,
+    N_LOAD_USERS, NEW_USER_PREFIX, PY, ROOT, TRACE_USER, cell_warmup, log, shown,
 )  # fmt: skip
 from bench.harness import Bench
 from bench.loadgen import Client, Request
@@ -32,10 +33,6 @@ async def call_once(request: Request) -> tuple[int | str, bytes]:
         return await client.call()
     finally:
         client.close()
-
-
-def cell_warmup(concurrency: int) -> int:
-    return 2 * concurrency + 5
 
 
 async def smoke(bench: Bench) -> None:
@@ -111,15 +108,20 @@ async def matrix(bench: Bench) -> None:
     """Every (LLM latency, concurrency) cell, service then floor, ``matrix_trials`` times (all
     cells per trial, so a slow spell of the machine hits one trial of many cells rather than
     every trial of one). Each cell keeps its median trial by service req/s (service and floor
-    of the same trial) and the req/s of all its trials."""
+    of the same trial) and the req/s of all its trials. Each trial ends with the fresh
+    scenario (``_fresh_trial``), compared with that trial's floor."""
     b = bench.budget
     trials: dict[tuple[int, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    fresh_trials = []
     for trial in range(1, b.matrix_trials + 1):
         for latency in LATENCIES:
             for c in CONCURRENCIES:
                 service = await _matrix_cell(bench, "service", latency, c, trial)
                 floor = await _matrix_cell(bench, "floor", latency, c, trial)
                 trials.setdefault((latency, c), []).append((service, floor))
+        floors = {c: trials[(0, c)][-1][1] for c in FRESH_CONCURRENCIES}
+        fresh_trials.append(await _fresh_trial(bench, trial, floors))
+    bench.results["fresh"] = _fresh_results(bench, fresh_trials)
     cells = []
     for pairs in trials.values():
         service, floor = sorted(pairs, key=lambda pair: pair[0]["rps"])[(len(pairs) - 1) // 2]
@@ -141,16 +143,100 @@ async def _matrix_cell(
                     "llm_connections_opened", "pg_connections_opened"):  # fmt: skip
             summary.pop(key, None)
     summary |= {"target": kind, "llm_latency_ms": latency, "trial": trial}
-    cpu = summary["cpu_pct_of_one_core"]
-    log(f"trial {trial} {kind:7s} latency {latency:3d} ms c={c:2d}: {summary['rps']:8.1f} req/s "
-        f"p50 {summary['p50_ms']:7.2f} p95 {summary['p95_ms']:7.2f} "
-        f"p99 {summary['p99_ms']:7.2f} ms errors {summary['errors']} | "
-        f"svc CPU/req {summary.get('service_cpu_ms_per_request', '-')} ms | "
-        f"conns opened LLM {summary.get('llm_connections_opened', '-')} "
-        f"PG {summary.get('pg_connections_opened', '-')} | CPU% "
+    _log_cell(summary)
+    return summary
+
+
+def _log_cell(s: dict[str, Any]) -> None:
+    cpu = s["cpu_pct_of_one_core"]
+    log(f"trial {s['trial']} {s['target']:9s} latency {s['llm_latency_ms']:3d} ms "
+        f"c={s['concurrency']:2d}: {s['rps']:8.1f} req/s p50 {s['p50_ms']:7.2f} "
+        f"p95 {s['p95_ms']:7.2f} p99 {s['p99_ms']:7.2f} ms errors {s['errors']} | "
+        f"svc CPU/req {s.get('service_cpu_ms_per_request', '-')} ms | "
+        f"conns opened LLM {s.get('llm_connections_opened', '-')} "
+        f"PG {s.get('pg_connections_opened', '-')} | CPU% "
         f"svc {cpu['service']} pg {cpu['postgres']} llm {cpu['fake_llm']} "
         f"gen {cpu['loadgen']} other {cpu['other']}")  # fmt: skip
+
+
+async def _fresh_trial(
+    bench: Bench, trial: int, floors: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """One trial of the fresh scenario (LLM latency 0). At each concurrency: new users' first
+    messages (each request a user never seen: a new participant and session), then at once
+    the same users' second messages in the same order (their session exists): the pair is
+    measured back to back, as this VM's speed drifts over minutes."""
+    cells = []
+    for c in FRESH_CONCURRENCIES:
+        users = bench.take_new_users(cell_warmup(c) + bench.budget.fresh_requests)
+        first = await _fresh_cell(bench, "fresh", users, c, trial, floors[c])
+        # Only the users the first cell reached (its duration cap may stop it early).
+        reached = users[: first["warmup_requests"] + first["requests"]]
+        cells += [first, await _fresh_cell(bench, "returning", reached, c, trial, floors[c])]
+    return {"trial": trial, "cells": cells, "ratio_rps_c64": _fresh_ratio(cells, 64)}
+
+
+async def _fresh_cell(
+    bench: Bench, kind: str, users: range, c: int, trial: int, floor: dict[str, Any]
+) -> dict[str, Any]:
+    """New users' first (``fresh``) or second (``returning``) messages, each user once."""
+    b = bench.budget
+    visit = 1 if kind == "fresh" else 2
+    requests = [bench.new_user_request(0, i, visit) for i in users]
+    summary, _ = await bench.measure(requests, c, b.fresh_requests, b.cell_seconds,
+                                     cell_warmup(c), shared=True)  # fmt: skip
+    added = round(summary["p50_ms"] - floor["p50_ms"], 2)
+    summary |= {"target": kind, "llm_latency_ms": 0, "trial": trial, "users": len(users),
+                "floor_p50_ms": floor["p50_ms"], "added_p50_ms": added}  # fmt: skip
+    _log_cell(summary)
     return summary
+
+
+def _fresh_ratio(cells: list[dict[str, Any]], c: int) -> float:
+    """Fresh req/s over returning req/s at concurrency ``c`` (0 when nothing returned)."""
+    rps = {s["target"]: s["rps"] for s in cells if s["concurrency"] == c}
+    return round(rps["fresh"] / rps["returning"], 3) if rps.get("returning") else 0.0
+
+
+def _fresh_results(bench: Bench, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the median c=64 ratio (the figure the target judges), each of its cells
+    with the req/s of every trial, every trial's ratios, and the database check."""
+    median = sorted(trials, key=lambda t: t["ratio_rps_c64"])[(len(trials) - 1) // 2]
+    for i, cell in enumerate(median["cells"]):
+        cell["trials_rps"] = [t["cells"][i]["rps"] for t in trials]
+    ratios = {c: [_fresh_ratio(t["cells"], c) for t in trials] for c in FRESH_CONCURRENCIES}
+    users = sum(s["users"] for t in trials for s in t["cells"] if s["target"] == "returning")
+    log(f"fresh: median trial {median['trial']}, fresh/returning req/s at c=64 "
+        f"{median['ratio_rps_c64']} (trials {ratios[64]})")  # fmt: skip
+    return {
+        "median_trial": median["trial"],
+        "cells": median["cells"],
+        "ratio_rps_c64": median["ratio_rps_c64"],
+        "ratio_rps_c1": _fresh_ratio(median["cells"], 1),
+        "trials_ratio_rps": {str(c): r for c, r in ratios.items()},
+        "check": _check_new_sessions(bench, users),
+    }
+
+
+def _check_new_sessions(bench: Bench, users: int) -> dict[str, Any] | None:
+    """That the scenario measured what it says: every new user reached got one participant and
+    one session, and both messages were answered in it (4 messages), none opened a second."""
+    try:
+        row = bench.pg.psql(
+            "SELECT count(DISTINCT p.id), count(DISTINCT s.id), count(m.id) FROM participant p"
+            " JOIN chat_session s ON s.participant_id = p.id"
+            " LEFT JOIN chat_message m ON m.session_id = s.id"
+            f" WHERE p.identifier LIKE '{NEW_USER_PREFIX}-%'"
+        )  # fmt: skip
+    except RuntimeError as exc:  # the schema is the app's: report, do not fail the run
+        log(f"fresh: database check skipped: {exc}")
+        return None
+    participants, sessions, messages = map(int, row.split("|"))
+    ok = participants == sessions == users and messages == 4 * users
+    check = {"users": users, "participants": participants, "sessions": sessions,
+             "messages": messages, "ok": ok}  # fmt: skip
+    log(f"fresh: database check {check}")
+    return check
 
 
 async def history(bench: Bench) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    CONCURRENCIES, DISTURBED_OTHER_PCT, FULL, HISTORY_MESSAGES, LATENCIES, QUICK, shown,
+    CONCURRENCIES, DISTURBED_OTHER_PCT, FRESH_CONCURRENCIES, FULL, HISTORY_MESSAGES, LATENCIES,
+    QUICK, Budget, shown,
 )  # fmt: skip
 
 TARGET_ADDED_MS = 5.0
@@ -18,13 +19,33 @@ TARGET_RSS_MB = 150.0
 TARGET_RSS_GROWTH = 0.05
 TARGET_STARTUP_S = 2.0
 TARGET_HISTORY = 0.10
+TARGET_FRESH_RATIO = 0.80  # first-contact req/s over returning-user req/s, c=64
+TARGET_FRESH_ADDED_MS = 4.0
 
 
 def _cell(results: dict[str, Any], target: str, latency: int, c: int) -> dict[str, Any]:
-    for cell in results.get("matrix", []):
+    """A matrix cell ("service", "floor") or a fresh scenario's ("fresh", "returning")."""
+    cells = results.get("matrix", []) + results.get("fresh", {}).get("cells", [])
+    for cell in cells:
         if cell["target"] == target and cell["llm_latency_ms"] == latency and cell["concurrency"] == c:
             return cell
     return {}
+
+
+def _budget(results: dict[str, Any]) -> Budget:
+    return FULL if results["mode"] == "full" else QUICK
+
+
+def _cpu(cell: dict[str, Any]) -> str:
+    cpu = cell["cpu_pct_of_one_core"]
+    return (f"{cpu['service']:.0f} / {cpu['postgres']:.0f} / {cpu['fake_llm']:.0f} / "
+            f"{cpu['loadgen']:.0f} / {cpu['other']:.0f}")  # fmt: skip
+
+
+def _disturbed(*cells: dict[str, Any]) -> str:
+    """" †" when other processes took more than DISTURBED_OTHER_PCT of a core in any cell."""
+    other = max(cell["cpu_pct_of_one_core"]["other"] for cell in cells)
+    return " †" if other > DISTURBED_OTHER_PCT else ""
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,6 +107,25 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{h['p50_ms_history']} ms vs {h['p50_ms_fresh']} ms ({h['diff_pct']:+.1f} %)",
             h["diff_pct"] is not None and h["diff_pct"] <= 100 * TARGET_HISTORY,
         )
+    f64, r64 = _cell(results, "fresh", 0, 64), _cell(results, "returning", 0, 64)
+    if f64 and r64:
+        ratio = results["fresh"]["ratio_rps_c64"]
+        add(
+            f"New participant on every request, LLM 0 ms, c=64: >= {100 * TARGET_FRESH_RATIO:g} % "
+            "of the returning-user throughput measured in the same run (0 errors)",
+            f"{f64['rps']} vs {r64['rps']} req/s ({100 * ratio:.1f} %), errors "
+            f"{f64['errors']} / {r64['errors']}",
+            ratio >= TARGET_FRESH_RATIO and f64["errors"] == 0 and r64["errors"] == 0,
+        )
+    f1 = _cell(results, "fresh", 0, 1)
+    if f1:
+        add(
+            f"Concurrency 1 added p50 of a first message <= {TARGET_FRESH_ADDED_MS:g} ms "
+            "(LLM 0 ms)",
+            f"{f1['added_p50_ms']:.2f} ms ({f1['p50_ms']:.2f} ms − floor "
+            f"{f1['floor_p50_ms']:.2f} ms)",
+            f1["added_p50_ms"] <= TARGET_FRESH_ADDED_MS,
+        )
     return targets
 
 
@@ -106,6 +146,68 @@ def _trials_line(results: dict[str, Any]) -> list[str]:
         "and floor). req/s of every trial, in order: " + "; ".join(runs) + ".",
         "",
     ]
+
+
+def _fresh_section(results: dict[str, Any]) -> list[str]:
+    """The fresh scenario's table: first contacts and the same users returning (runs before the
+    scenario existed: nothing)."""
+    fresh = results.get("fresh")
+    if not fresh:
+        return []
+    out = [
+        "### First contact: a new user (participant and session) on every request, LLM 0 ms",
+        "",
+        "| messages | conc. | req/s | p50 / p95 / p99 ms | floor p50 ms | added p50 ms | errors "
+        "| svc CPU ms/req | CPU % svc / pg / llm / gen / other | PostgreSQL conns opened "
+        "| requests (warm-up + measured) | req/s of every trial |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---|---:|---|---|",
+    ]
+    for c in FRESH_CONCURRENCIES:
+        for kind in ("fresh", "returning"):
+            s = _cell(results, kind, 0, c)
+            out.append(
+                f"| {'first (new user)' if kind == 'fresh' else 'second (returning)'} | "
+                f"{c}{_disturbed(s)} | {s['rps']:.1f} | "
+                f"{s['p50_ms']:.2f} / {s['p95_ms']:.2f} / {s['p99_ms']:.2f} | "
+                f"{s['floor_p50_ms']:.2f} | {s['added_p50_ms']:+.2f} | {s['errors']} | "
+                f"{s.get('service_cpu_ms_per_request', '-')} | {_cpu(s)} | "
+                f"{s.get('pg_connections_opened', '-')} | "
+                f"{s['warmup_requests']} + {s['requests']} | "
+                f"{' / '.join(map(str, s.get('trials_rps', ())))} |"
+            )
+    ratios = fresh["trials_ratio_rps"]
+    b = _budget(results)
+    seed = results.get("new_users_seed", {})
+    out += [
+        "",
+        f"Fresh / returning req/s: c=64 **{fresh['ratio_rps_c64']:.3f}**, c=1 "
+        f"{fresh['ratio_rps_c1']:.3f} (trial {fresh['median_trial']}, the median by the c=64 "
+        f"ratio; every trial's c=64 ratio: {' / '.join(map(str, ratios['64']))}; c=1: "
+        f"{' / '.join(map(str, ratios['1']))}).",
+        "",
+        "At the end of each matrix trial, on the same worker: at each concurrency, first "
+        "messages of users never seen before (each request a new user with its own write key: "
+        "the service makes its participant and session), then at once the same users' second "
+        "messages in the same order (their session exists), so the pair is measured back to "
+        "back. Each request is sent once, drawn by whichever client is free (`run_load(shared="
+        f"True)`). Each cell: warm-up 2×concurrency+5 requests, then up to {b.fresh_requests} "
+        f"requests or {b.cell_seconds:g} s; the returning cell replays exactly the users the "
+        "first one reached. Floor = the fake LLM alone at LLM 0 ms and the same concurrency, "
+        "same trial; added p50 = p50 − floor p50. "
+        f"{seed.get('users', '?')} new users seeded in advance ({seed.get('seconds', '?')} s, "
+        "batched INSERTs: `bench/seed.py --bulk`)." + _fresh_check_line(fresh.get("check")),
+        "",
+    ]  # fmt: skip
+    return out
+
+
+def _fresh_check_line(check: dict[str, Any] | None) -> str:
+    if not check:
+        return ""
+    verdict = "as expected" if check["ok"] else "NOT one participant, one session, 4 messages each"
+    return (f" Database check after the run: {check['users']} users reached → "
+            f"{check['participants']} participants, {check['sessions']} sessions, "
+            f"{check['messages']} messages ({verdict}).")  # fmt: skip
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -138,26 +240,21 @@ def render_markdown(results: dict[str, Any]) -> str:
             s, f = _cell(results, "service", latency, c), _cell(results, "floor", latency, c)
             if not s or not f:
                 continue
-            cpu = s["cpu_pct_of_one_core"]
-            mark = " †" if max(s["cpu_pct_of_one_core"]["other"],
-                               f["cpu_pct_of_one_core"]["other"]) > DISTURBED_OTHER_PCT else ""  # fmt: skip
             out.append(
-                f"| {latency} ms | {c}{mark} | {s['rps']:.1f} | {f['rps']:.1f} | "
+                f"| {latency} ms | {c}{_disturbed(s, f)} | {s['rps']:.1f} | {f['rps']:.1f} | "
                 f"{s['rps'] / f['rps']:.3f} | {s['p50_ms']:.2f} / {s['p95_ms']:.2f} / {s['p99_ms']:.2f} | "
                 f"{f['p50_ms']:.2f} / {f['p95_ms']:.2f} / {f['p99_ms']:.2f} | "
                 f"{s['p50_ms'] - f['p50_ms']:+.2f} | {s['errors']} / {f['errors']} | "
                 f"{s.get('rss_peak_mb', '-')} | {s.get('service_cpu_ms_per_request', '-')} | "
-                f"{cpu['service']:.0f} / {cpu['postgres']:.0f} / "
-                f"{cpu['fake_llm']:.0f} / {cpu['loadgen']:.0f} / {cpu['other']:.0f} | "
+                f"{_cpu(s)} | "
                 f"{s.get('llm_connections_opened', '-')} / {s.get('pg_connections_opened', '-')} / "
                 f"{s['requests'] + s['warmup_requests']} |"
             )
     out += [
         "",
-        "Each cell: warm-up 2×concurrency+5 requests, then up to "
-        f"{FULL.cell_requests if results['mode'] == 'full' else QUICK.cell_requests} requests or "
-        f"{FULL.cell_seconds if results['mode'] == 'full' else QUICK.cell_seconds:g} s, whichever "
-        "first. 'added p50' = service p50 − floor p50. CPU % is of one core (the machine has "
+        f"Each cell: warm-up 2×concurrency+5 requests, then up to {_budget(results).cell_requests} "
+        f"requests or {_budget(results).cell_seconds:g} s, whichever first. 'added p50' = "
+        "service p50 − floor p50. CPU % is of one core (the machine has "
         "200 %): svc = the service worker, pg = PostgreSQL (all backends), llm = the fake LLM, "
         "gen = the load generator, other = the rest of the machine (processes this run did not "
         "start; jiffy-granular, so noisy for cells under a second). svc CPU ms/req = the "
@@ -169,6 +266,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "established (pg_stat_database.sessions), warm-up included.",
         "",
         *_trials_line(results),
+        *_fresh_section(results),
         "### Targets",
         "",
         "| target | measured | result |",

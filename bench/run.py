@@ -1,6 +1,6 @@
 """The benchmark: the service on PostgreSQL with ONE worker, against the fake LLM, and the floor.
 
-    python bench/run.py            # the full run (about 5-8 minutes on 2 cores)
+    python bench/run.py            # the full run (about 9 minutes on 2 cores)
     python bench/run.py --quick    # a short smoke run (about 2 minutes)
 
 What it does, stopping everything it started in the end (try/finally, process groups):
@@ -11,13 +11,16 @@ What it does, stopping everything it started in the end (try/finally, process gr
    ``latency-0`` and ``latency-200``, which the floor uses too);
 2. migrates and seeds with the ``chatbots`` CLI (team, provider, two published chatbots) and
    ``bench/seed.py`` (67 users, each with its own write API key: one participant per virtual
-   client, so the per-session turn lease never serialises the load);
+   client, so the per-session turn lease never serialises the load; and, in batched INSERTs,
+   the fresh scenario's new users: one per request it may send);
 3. measures start-up: spawn ``chatbots serve --workers 1`` → first 200 from ``/healthz``;
 4. on a fresh worker: 10,000 requests at concurrency 64 (LLM latency 0) sampling VmRSS/VmHWM
    from ``/proc/<pid>/status`` (peak, and growth from the 5,000th to the 10,000th request);
 5. the matrix {LLM latency 0, 200 ms} × {concurrency 1, 16, 64} against ``incoming_message`` and
    the same matrix against the fake LLM alone (the floor): requests/s, p50/p95/p99, errors, peak
-   RSS of the service and the CPU of each process;
+   RSS of the service and the CPU of each process; each trial ends with the fresh scenario:
+   at concurrency 1 and 64, LLM latency 0, a new user (participant, session) on every request,
+   then the same users' second messages (ratio of req/s fresh/returning, added p50 vs the floor);
 6. history: one user's session gets 5,000 messages by a bulk INSERT; its p50 at concurrency 1
    vs a fresh user's (alternating rounds);
 7. an SQL trace of single turns (PostgreSQL ``log_min_duration_statement=0``: statements and
