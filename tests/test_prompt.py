@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.models import ChatMessage, HistoryMode, MessageRole
+from app.models import Chatbot, ChatMessage, HistoryMode, MessageRole
 from app.services import prompt
 from app.services.prompt import (
     current_datetime,
@@ -287,12 +287,6 @@ def test_non_hidden_metadata_is_kept():
     assert [m["content"] for m in out] == ["x", "seed"]
 
 
-def test_max_history_length_mode_does_not_cut_by_tokens():
-    # The read limit bounds this mode; select_history keeps whatever it is given.
-    newest_first = [human("x" * 4000) for _ in range(5)]
-    assert len(select_history(newest_first, HistoryMode.max_history_length, 10, 0)) == 5
-
-
 def test_truncate_tokens_drops_the_oldest_over_the_limit():
     old_long = human("L" * 400)  # 104 tokens
     newest_first = [ai("a3"), human("h3"), ai("a2"), human("h2"), ai("a1"), old_long]
@@ -343,6 +337,113 @@ def test_truncate_tokens_ignores_hidden_messages_in_the_budget():
 def test_select_history_of_nothing():
     for mode in HistoryMode:
         assert select_history([], mode, 8192, 0) == []
+
+
+# ---- the token budget, in every mode ---------------------------------------------------------
+
+LONG = 20_000  # characters: 5,004 estimated tokens (a message may have up to 32,000)
+
+
+def long_turns(count: int) -> list[ChatMessage]:
+    """``count`` long messages, newest first, as the history is read: "m<count-1>" is the newest."""
+    return [
+        (human if i % 2 == 0 else ai)(f"m{i} " + "x" * (LONG - len(f"m{i} ")))
+        for i in reversed(range(count))
+    ]
+
+
+def labels(out: list[dict[str, str]]) -> list[str]:
+    return [m["content"].split(" ", 1)[0] for m in out]
+
+
+@pytest.mark.parametrize("mode", list(HistoryMode))
+def test_every_mode_keeps_the_newest_messages_within_the_token_budget(mode):
+    newest_first = long_turns(prompt.SUMMARIZE_KEEP)  # what any mode may have read
+    each = estimate_tokens(newest_first[0].content)
+    token_limit = 3 * each + each // 2  # room for three and a half: three are kept
+    out = select_history(newest_first, mode, token_limit, 0)
+    assert labels(out) == ["m17", "m18", "m19"]  # the newest, oldest first
+    assert sum(len(m["content"]) for m in out) <= token_limit * 4
+
+
+@pytest.mark.parametrize("mode", list(HistoryMode))
+def test_every_mode_counts_the_reserved_tokens(mode):
+    # The system prompt, summary and new message come out of the same budget.
+    newest_first = long_turns(6)
+    each = estimate_tokens(newest_first[0].content)
+    out = select_history(newest_first, mode, 4 * each, each)
+    assert labels(out) == ["m3", "m4", "m5"]
+
+
+@pytest.mark.parametrize("mode", list(HistoryMode))
+def test_a_new_message_over_the_budget_leaves_no_history(mode):
+    # The new message itself is always sent (build_messages appends it); the history is empty.
+    new_message = "n" * LONG
+    reserved = estimate_tokens("You are a helpful bot.") + estimate_tokens(new_message)
+    assert reserved > 4096
+    assert select_history(long_turns(4), mode, 4096, reserved) == []
+    assert select_history([human("hi")], mode, 4096, reserved) == []
+
+
+def test_max_history_length_keeps_at_most_n_messages_and_stays_within_the_budget():
+    mode = HistoryMode.max_history_length
+    newest_first = long_turns(40)
+    each = estimate_tokens(newest_first[0].content)
+    # N = 4 binds when the budget has room for more ...
+    read = newest_first[: history_read_limit(mode, 4)]
+    assert labels(select_history(read, mode, 10 * each, 0)) == ["m36", "m37", "m38", "m39"]
+    # ... and the budget binds when N messages would not fit (the issue: 30 messages of
+    # 32,000 characters were about 1 MB on every call).
+    read = newest_first[: history_read_limit(mode, 30)]
+    assert len(read) == 30
+    assert labels(select_history(read, mode, 2 * each, 0)) == ["m38", "m39"]
+    # Short messages: the N newest, as before.
+    short = [human(f"s{i}") for i in reversed(range(40))][: history_read_limit(mode, 30)]
+    assert len(select_history(short, mode, 8192, 0)) == 30
+
+
+def test_the_default_token_limit_bounds_thirty_messages_of_32000_characters():
+    default = Chatbot.__table__.c.token_limit.default.arg
+    assert default == 8192
+    newest_first = [human(f"{i} " + "y" * 31_990) for i in range(30)]
+    new_message = "z" * 32_000
+    reserved = estimate_tokens("You are a helpful bot.") + estimate_tokens(new_message)
+    for mode in HistoryMode:
+        sent = select_history(newest_first, mode, default, reserved)
+        assert sent == []  # nothing fits beside a new message of 32,000 characters
+        sent = select_history(newest_first, mode, default, 0)
+        assert len(sent) == 1 and sum(len(m["content"]) for m in sent) <= default * 4
+
+
+def test_summarize_keeps_its_recent_window_within_the_budget():
+    mode = HistoryMode.summarize
+    newest_first = long_turns(30)[: history_read_limit(mode, 30)]
+    assert len(newest_first) == prompt.SUMMARIZE_KEEP
+    each = estimate_tokens(newest_first[0].content)
+    summary = prompt.summary_message("S" * 4000)["content"]
+    reserved = estimate_tokens(summary) + estimate_tokens("new")
+    out = select_history(newest_first, mode, 8192 * 2, reserved)
+    assert labels(out) == ["m27", "m28", "m29"]
+    assert 3 * each + reserved <= 8192 * 2 < 4 * each + reserved
+
+
+# ---- within_budget ------------------------------------------------------------------------------
+
+
+def test_within_budget_keeps_the_newest_contiguous_suffix():
+    oldest_first = [human("old"), ai("B" * 800), human("mid"), ai("new")]
+    small = estimate_tokens("mid") + estimate_tokens("new")
+    assert prompt.within_budget(oldest_first, small) == oldest_first[2:]
+    # Once one does not fit, older ones are dropped even if they would fit: no gaps.
+    assert prompt.within_budget(oldest_first, small + estimate_tokens("old") + 10) == (
+        oldest_first[2:]
+    )
+    everything = sum(estimate_tokens(m.content) for m in oldest_first)
+    assert prompt.within_budget(oldest_first, everything) == oldest_first
+    assert prompt.within_budget(oldest_first, everything - 1) == oldest_first[1:]
+    assert prompt.within_budget(oldest_first, 0) == []
+    assert prompt.within_budget(oldest_first, -5) == []
+    assert prompt.within_budget([], 100) == []
 
 
 # ---- helpers used by the history modes --------------------------------------------------------
