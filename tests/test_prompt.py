@@ -427,7 +427,7 @@ def test_summarize_keeps_its_recent_window_within_the_budget():
     assert 3 * each + reserved <= 8192 * 2 < 4 * each + reserved
 
 
-# ---- within_budget ------------------------------------------------------------------------------
+# ---- within_budget and the older unsummarized messages ------------------------------------------
 
 
 def test_within_budget_keeps_the_newest_contiguous_suffix():
@@ -444,6 +444,56 @@ def test_within_budget_keeps_the_newest_contiguous_suffix():
     assert prompt.within_budget(oldest_first, 0) == []
     assert prompt.within_budget(oldest_first, -5) == []
     assert prompt.within_budget([], 100) == []
+
+
+def test_older_unsummarized_default_changes_nothing():
+    newest_first = long_turns(4)
+    mode = HistoryMode.summarize
+    assert select_history(newest_first, mode, 8192, 0) == select_history(
+        newest_first, mode, 8192, 0, older_unsummarized=[]
+    )
+
+
+def test_older_unsummarized_fill_what_the_recent_window_leaves():
+    # Oldest first, as build_messages has them; they come before the recent window.
+    older = [human("o1"), ai("o2"), human("o3 " + "x" * 4000), ai("o4"), human("o5")]
+    window = [ai("w2"), human("w1")]  # newest first
+    used = sum(estimate_tokens(m.content) for m in window)
+    fits_two = used + estimate_tokens("o4") + estimate_tokens("o5") + 10
+    out = select_history(window, HistoryMode.summarize, fits_two, 0, older_unsummarized=older)
+    assert labels(out) == ["o4", "o5", "w1", "w2"]
+    plenty = select_history(window, HistoryMode.summarize, 8192, 0, older_unsummarized=older)
+    assert labels(plenty) == ["o1", "o2", "o3", "o4", "o5", "w1", "w2"]
+
+
+def test_long_older_unsummarized_messages_stay_within_the_budget():
+    # Up to nine of them (SUMMARIZE_BATCH - 1) are shown as they are; or up to 400 while
+    # summarising fails. Each may be 32,000 characters.
+    older = list(reversed(long_turns(29)))[:9]  # m0 .. m8, oldest first
+    window = long_turns(29)[:20]  # m28 .. m9, newest first
+    each = estimate_tokens(window[0].content)
+    token_limit = 28 * each + each // 2  # the window of 20 and 8 of the 9 older ones
+    out = select_history(window, HistoryMode.summarize, token_limit, 0, older_unsummarized=older)
+    assert labels(out) == [f"m{i}" for i in range(1, 29)]  # older to fill, then the window
+    assert sum(len(m["content"]) for m in out) <= token_limit * 4
+    small = select_history(window, HistoryMode.summarize, 2 * each, 0, older_unsummarized=older)
+    assert labels(small) == ["m27", "m28"]
+
+
+def test_older_unsummarized_are_dropped_when_the_window_was_cut():
+    # No gap between them and the window: if the oldest of the window did not fit, a small
+    # older message must not be shown either.
+    older = [human("o1")]
+    window = [ai("w2"), human("W" * 4000)]
+    budget = estimate_tokens("w2") + estimate_tokens("o1") + 10
+    out = select_history(window, HistoryMode.summarize, budget, 0, older_unsummarized=older)
+    assert labels(out) == ["w2"]
+
+
+def test_older_unsummarized_skip_hidden_messages():
+    older = [human("o1"), ai("H" * 4000, hidden="consent"), human("o2")]
+    out = select_history([ai("w1")], HistoryMode.summarize, 8192, 0, older_unsummarized=older)
+    assert labels(out) == ["o1", "o2", "w1"]
 
 
 # ---- helpers used by the history modes --------------------------------------------------------

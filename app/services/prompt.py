@@ -13,9 +13,10 @@ prompt, the summary and the new message leave of it (``reserved_tokens``), newes
 the oldest are dropped, and once one does not fit no older one is shown (no gaps). So
 ``max_history_length`` sends at most N messages *and* stays within the budget (N counts messages,
 and thirty messages of 32,000 characters were about 1 MB on every call); ``truncate_tokens`` is the
-budget alone; ``summarize`` keeps its recent window within the budget. The system prompt, the
-summary and the new message are never cut: when they alone reach the budget, the model gets them
-with no history (a new message of 32,000 characters is about 8,000 tokens).
+budget alone; ``summarize`` keeps its recent window within the budget, and the older messages not
+yet folded into the summary only fill what the window leaves (``older_unsummarized``). The system
+prompt, the summary and the new message are never cut: when they alone reach the budget, the
+model gets them with no history (a new message of 32,000 characters is about 8,000 tokens).
 
 The default ``token_limit`` is 8,192 (the column default, app/models/chatbot.py): about 32,000
 characters of system prompt, summary, history and new message, so a new message of the most
@@ -130,13 +131,20 @@ def select_history(
     mode: str,
     token_limit: int,
     reserved_tokens: int,
+    *,
+    older_unsummarized: Sequence[HistoryMessage] = (),
 ) -> list[dict[str, str]]:
     """Oldest-first chat messages for the model. ``messages`` is newest-first, as read: the mode
     has bounded how many (``history_read_limit``); the newest of them that fit in ``token_limit -
-    reserved_tokens`` are kept, whatever the mode."""
+    reserved_tokens`` are kept, whatever the mode. ``older_unsummarized`` (oldest first, mode
+    ``summarize``: the messages before the window, not yet in the summary) come before them, as
+    many of the newest as fit in what is left, and none unless the whole window fit."""
     budget = token_limit - reserved_tokens
     visible = [m for m in reversed(messages) if not m.hidden]
     chosen = within_budget(visible, budget)
+    if older_unsummarized and len(chosen) == len(visible):
+        left = budget - sum(estimate_tokens(m.content) for m in chosen)
+        chosen = within_budget([m for m in older_unsummarized if not m.hidden], left) + chosen
     return [to_openai(m) for m in chosen]
 
 
