@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.models import ChatMessage, HistoryMode, MessageRole
+from app.models import Chatbot, ChatMessage, HistoryMode, MessageRole
 from app.services import prompt
 from app.services.prompt import (
     current_datetime,
@@ -287,12 +287,6 @@ def test_non_hidden_metadata_is_kept():
     assert [m["content"] for m in out] == ["x", "seed"]
 
 
-def test_max_history_length_mode_does_not_cut_by_tokens():
-    # The read limit bounds this mode; select_history keeps whatever it is given.
-    newest_first = [human("x" * 4000) for _ in range(5)]
-    assert len(select_history(newest_first, HistoryMode.max_history_length, 10, 0)) == 5
-
-
 def test_truncate_tokens_drops_the_oldest_over_the_limit():
     old_long = human("L" * 400)  # 104 tokens
     newest_first = [ai("a3"), human("h3"), ai("a2"), human("h2"), ai("a1"), old_long]
@@ -343,6 +337,163 @@ def test_truncate_tokens_ignores_hidden_messages_in_the_budget():
 def test_select_history_of_nothing():
     for mode in HistoryMode:
         assert select_history([], mode, 8192, 0) == []
+
+
+# ---- the token budget, in every mode ---------------------------------------------------------
+
+LONG = 20_000  # characters: 5,004 estimated tokens (a message may have up to 32,000)
+
+
+def long_turns(count: int) -> list[ChatMessage]:
+    """``count`` long messages, newest first, as the history is read: "m<count-1>" is the newest."""
+    return [
+        (human if i % 2 == 0 else ai)(f"m{i} " + "x" * (LONG - len(f"m{i} ")))
+        for i in reversed(range(count))
+    ]
+
+
+def labels(out: list[dict[str, str]]) -> list[str]:
+    return [m["content"].split(" ", 1)[0] for m in out]
+
+
+@pytest.mark.parametrize("mode", list(HistoryMode))
+def test_every_mode_keeps_the_newest_messages_within_the_token_budget(mode):
+    newest_first = long_turns(prompt.SUMMARIZE_KEEP)  # what any mode may have read
+    each = estimate_tokens(newest_first[0].content)
+    token_limit = 3 * each + each // 2  # room for three and a half: three are kept
+    out = select_history(newest_first, mode, token_limit, 0)
+    assert labels(out) == ["m17", "m18", "m19"]  # the newest, oldest first
+    assert sum(len(m["content"]) for m in out) <= token_limit * 4
+
+
+@pytest.mark.parametrize("mode", list(HistoryMode))
+def test_every_mode_counts_the_reserved_tokens(mode):
+    # The system prompt, summary and new message come out of the same budget.
+    newest_first = long_turns(6)
+    each = estimate_tokens(newest_first[0].content)
+    out = select_history(newest_first, mode, 4 * each, each)
+    assert labels(out) == ["m3", "m4", "m5"]
+
+
+@pytest.mark.parametrize("mode", list(HistoryMode))
+def test_a_new_message_over_the_budget_leaves_no_history(mode):
+    # The new message itself is always sent (build_messages appends it); the history is empty.
+    new_message = "n" * LONG
+    reserved = estimate_tokens("You are a helpful bot.") + estimate_tokens(new_message)
+    assert reserved > 4096
+    assert select_history(long_turns(4), mode, 4096, reserved) == []
+    assert select_history([human("hi")], mode, 4096, reserved) == []
+
+
+def test_max_history_length_keeps_at_most_n_messages_and_stays_within_the_budget():
+    mode = HistoryMode.max_history_length
+    newest_first = long_turns(40)
+    each = estimate_tokens(newest_first[0].content)
+    # N = 4 binds when the budget has room for more ...
+    read = newest_first[: history_read_limit(mode, 4)]
+    assert labels(select_history(read, mode, 10 * each, 0)) == ["m36", "m37", "m38", "m39"]
+    # ... and the budget binds when N messages would not fit (the issue: 30 messages of
+    # 32,000 characters were about 1 MB on every call).
+    read = newest_first[: history_read_limit(mode, 30)]
+    assert len(read) == 30
+    assert labels(select_history(read, mode, 2 * each, 0)) == ["m38", "m39"]
+    # Short messages: the N newest, as before.
+    short = [human(f"s{i}") for i in reversed(range(40))][: history_read_limit(mode, 30)]
+    assert len(select_history(short, mode, 8192, 0)) == 30
+
+
+def test_the_default_token_limit_bounds_thirty_messages_of_32000_characters():
+    default = Chatbot.__table__.c.token_limit.default.arg
+    assert default == 8192
+    newest_first = [human(f"{i} " + "y" * 31_990) for i in range(30)]
+    new_message = "z" * 32_000
+    reserved = estimate_tokens("You are a helpful bot.") + estimate_tokens(new_message)
+    for mode in HistoryMode:
+        sent = select_history(newest_first, mode, default, reserved)
+        assert sent == []  # nothing fits beside a new message of 32,000 characters
+        sent = select_history(newest_first, mode, default, 0)
+        assert len(sent) == 1 and sum(len(m["content"]) for m in sent) <= default * 4
+
+
+def test_summarize_keeps_its_recent_window_within_the_budget():
+    mode = HistoryMode.summarize
+    newest_first = long_turns(30)[: history_read_limit(mode, 30)]
+    assert len(newest_first) == prompt.SUMMARIZE_KEEP
+    each = estimate_tokens(newest_first[0].content)
+    summary = prompt.summary_message("S" * 4000)["content"]
+    reserved = estimate_tokens(summary) + estimate_tokens("new")
+    out = select_history(newest_first, mode, 8192 * 2, reserved)
+    assert labels(out) == ["m27", "m28", "m29"]
+    assert 3 * each + reserved <= 8192 * 2 < 4 * each + reserved
+
+
+# ---- within_budget and the older unsummarized messages ------------------------------------------
+
+
+def test_within_budget_keeps_the_newest_contiguous_suffix():
+    oldest_first = [human("old"), ai("B" * 800), human("mid"), ai("new")]
+    small = estimate_tokens("mid") + estimate_tokens("new")
+    assert prompt.within_budget(oldest_first, small) == oldest_first[2:]
+    # Once one does not fit, older ones are dropped even if they would fit: no gaps.
+    assert prompt.within_budget(oldest_first, small + estimate_tokens("old") + 10) == (
+        oldest_first[2:]
+    )
+    everything = sum(estimate_tokens(m.content) for m in oldest_first)
+    assert prompt.within_budget(oldest_first, everything) == oldest_first
+    assert prompt.within_budget(oldest_first, everything - 1) == oldest_first[1:]
+    assert prompt.within_budget(oldest_first, 0) == []
+    assert prompt.within_budget(oldest_first, -5) == []
+    assert prompt.within_budget([], 100) == []
+
+
+def test_older_unsummarized_default_changes_nothing():
+    newest_first = long_turns(4)
+    mode = HistoryMode.summarize
+    assert select_history(newest_first, mode, 8192, 0) == select_history(
+        newest_first, mode, 8192, 0, older_unsummarized=[]
+    )
+
+
+def test_older_unsummarized_fill_what_the_recent_window_leaves():
+    # Oldest first, as build_messages has them; they come before the recent window.
+    older = [human("o1"), ai("o2"), human("o3 " + "x" * 4000), ai("o4"), human("o5")]
+    window = [ai("w2"), human("w1")]  # newest first
+    used = sum(estimate_tokens(m.content) for m in window)
+    fits_two = used + estimate_tokens("o4") + estimate_tokens("o5") + 10
+    out = select_history(window, HistoryMode.summarize, fits_two, 0, older_unsummarized=older)
+    assert labels(out) == ["o4", "o5", "w1", "w2"]
+    plenty = select_history(window, HistoryMode.summarize, 8192, 0, older_unsummarized=older)
+    assert labels(plenty) == ["o1", "o2", "o3", "o4", "o5", "w1", "w2"]
+
+
+def test_long_older_unsummarized_messages_stay_within_the_budget():
+    # Up to nine of them (SUMMARIZE_BATCH - 1) are shown as they are; or up to 400 while
+    # summarising fails. Each may be 32,000 characters.
+    older = list(reversed(long_turns(29)))[:9]  # m0 .. m8, oldest first
+    window = long_turns(29)[:20]  # m28 .. m9, newest first
+    each = estimate_tokens(window[0].content)
+    token_limit = 28 * each + each // 2  # the window of 20 and 8 of the 9 older ones
+    out = select_history(window, HistoryMode.summarize, token_limit, 0, older_unsummarized=older)
+    assert labels(out) == [f"m{i}" for i in range(1, 29)]  # older to fill, then the window
+    assert sum(len(m["content"]) for m in out) <= token_limit * 4
+    small = select_history(window, HistoryMode.summarize, 2 * each, 0, older_unsummarized=older)
+    assert labels(small) == ["m27", "m28"]
+
+
+def test_older_unsummarized_are_dropped_when_the_window_was_cut():
+    # No gap between them and the window: if the oldest of the window did not fit, a small
+    # older message must not be shown either.
+    older = [human("o1")]
+    window = [ai("w2"), human("W" * 4000)]
+    budget = estimate_tokens("w2") + estimate_tokens("o1") + 10
+    out = select_history(window, HistoryMode.summarize, budget, 0, older_unsummarized=older)
+    assert labels(out) == ["w2"]
+
+
+def test_older_unsummarized_skip_hidden_messages():
+    older = [human("o1"), ai("H" * 4000, hidden="consent"), human("o2")]
+    out = select_history([ai("w1")], HistoryMode.summarize, 8192, 0, older_unsummarized=older)
+    assert labels(out) == ["o1", "o2", "w1"]
 
 
 # ---- helpers used by the history modes --------------------------------------------------------

@@ -7,6 +7,25 @@ into the JSON ones (``{participant_data.address.city}``); a missing key renders 
 
 Token counts are estimated (about four characters a token): the history modes only need a bound,
 and a tokenizer per model would cost start-up time and memory for little gain.
+
+Every history mode has a token budget, the bot's ``token_limit``: the history gets what the system
+prompt, the summary and the new message leave of it (``reserved_tokens``), newest messages first;
+the oldest are dropped, and once one does not fit no older one is shown (no gaps). So
+``max_history_length`` sends at most N messages *and* stays within the budget (N counts messages,
+and thirty messages of 32,000 characters were about 1 MB on every call); ``truncate_tokens`` is the
+budget alone; ``summarize`` keeps its recent window within the budget, and the older messages not
+yet folded into the summary only fill what the window leaves (``older_unsummarized``). The system
+prompt, the summary and the new message are never cut: when they alone reach the budget, the
+model gets them with no history (a new message of 32,000 characters is about 8,000 tokens).
+
+The default ``token_limit`` is 8,192 (the column default, app/models/chatbot.py): about 32,000
+characters of system prompt, summary, history and new message, so a new message of the most
+allowed (32,000 characters, about 8,000 tokens) fits beside a short system prompt. It fits the
+context windows of the models in common use (128K tokens for GPT-4o, 1M for GPT-4.1, 200K for
+Claude; 16K and up for most others) with room for the reply, even when the estimate is several
+times low, as it is for scripts with more tokens per character; and it bounds what a provider
+bills per call. Bots with a long system
+prompt or source material need a larger one: those count against the budget first.
 """
 
 import json
@@ -108,21 +127,38 @@ def history_read_limit(mode: str, max_history_length: int) -> int:
 
 
 def select_history(
-    messages: Sequence[HistoryMessage], mode: str, token_limit: int, reserved_tokens: int
+    messages: Sequence[HistoryMessage],
+    mode: str,
+    token_limit: int,
+    reserved_tokens: int,
+    *,
+    older_unsummarized: Sequence[HistoryMessage] = (),
 ) -> list[dict[str, str]]:
-    """Oldest-first chat messages for the model. ``messages`` is newest-first, as read."""
-    visible = [m for m in messages if not m.hidden]
-    chosen: list[HistoryMessage] = []
-    if mode == HistoryMode.truncate_tokens:
-        budget = token_limit - reserved_tokens
-        for message in visible:
-            budget -= estimate_tokens(message.content)
-            if budget < 0:
-                break
-            chosen.append(message)
-    else:
-        chosen = visible
-    return [to_openai(m) for m in reversed(chosen)]
+    """Oldest-first chat messages for the model. ``messages`` is newest-first, as read: the mode
+    has bounded how many (``history_read_limit``); the newest of them that fit in ``token_limit -
+    reserved_tokens`` are kept, whatever the mode. ``older_unsummarized`` (oldest first, mode
+    ``summarize``: the messages before the window, not yet in the summary) come before them, as
+    many of the newest as fit in what is left, and none unless the whole window fit."""
+    budget = token_limit - reserved_tokens
+    visible = [m for m in reversed(messages) if not m.hidden]
+    chosen = within_budget(visible, budget)
+    if older_unsummarized and len(chosen) == len(visible):
+        left = budget - sum(estimate_tokens(m.content) for m in chosen)
+        chosen = within_budget([m for m in older_unsummarized if not m.hidden], left) + chosen
+    return [to_openai(m) for m in chosen]
+
+
+def within_budget(messages: Sequence[HistoryMessage], budget: int) -> list[HistoryMessage]:
+    """The newest of ``messages`` (oldest first) whose estimated tokens add up to at most
+    ``budget``, oldest first: a contiguous newest part, so once one does not fit no older one is
+    kept even if it would."""
+    start = len(messages)
+    while start > 0:
+        budget -= estimate_tokens(messages[start - 1].content)
+        if budget < 0:
+            break
+        start -= 1
+    return list(messages[start:])
 
 
 def to_openai(message: HistoryMessage) -> dict[str, str]:
