@@ -70,11 +70,6 @@ async def test_long_messages_reach_the_model_within_the_token_budget(
         conversation += [text, f"echo: {text}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_messages (replies.py) shows summarize's older unsummarized messages as they "
-    "are; bounding them needs select_history(..., older_unsummarized=...) wired in there",
-)
 async def test_summarize_bounds_the_older_unsummarized_messages(client, db, fake_llm, settings):
     """From the 12th turn the 20-message recent window is full and the messages before it are
     shown as they are until ten of them are folded into the summary (the 16th turn). Those

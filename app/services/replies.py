@@ -36,13 +36,17 @@ def build_messages(
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     if summary:
         messages.append(prompt.summary_message(summary))
-    if summary == chat.summary and turn.older_unsummarized:
-        # Too few to fold into the summary yet: show them as they are.
-        messages.extend(prompt.to_openai(m) for m in turn.older_unsummarized)
+    # Too few to fold into the summary yet (or summarising failed): shown as they are, within
+    # what the recent window leaves of the budget.
+    older = turn.older_unsummarized if summary == chat.summary else ()
     reserved = sum(prompt.estimate_tokens(m["content"]) for m in messages)
     if turn.user_text is not None:
         reserved += prompt.estimate_tokens(turn.user_text)
-    messages.extend(prompt.select_history(turn.history, bot.history_mode, bot.token_limit, reserved))
+    messages.extend(
+        prompt.select_history(
+            turn.history, bot.history_mode, bot.token_limit, reserved, older_unsummarized=older
+        )
+    )
     if turn.user_text is not None:
         messages.append({"role": "user", "content": turn.user_text})
     return messages
