@@ -16,15 +16,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(cwd: Path, port: int) -> subprocess.Popen[str]:
+def serve(
+    cwd: Path, port: int, *, settings: dict[str, str] | None = None, workers: int = 1
+) -> subprocess.Popen[str]:
+    """``chatbots serve`` with only the given ``CHATBOTS_*`` settings (none: the embedded default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOTS_")}
     env.pop("OPENAI_API_KEY", None)
     env.pop("ANTHROPIC_API_KEY", None)
+    env.update({f"CHATBOTS_{name.upper()}": value for name, value in (settings or {}).items()})
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
         cwd=cwd, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def wait_until_healthy(port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("/healthz never answered")
 
 
 def wait_for_banner(proc: subprocess.Popen[str], port: int) -> list[str]:
@@ -36,11 +52,5 @@ def wait_for_banner(proc: subprocess.Popen[str], port: int) -> list[str]:
         if not line:
             raise AssertionError("server exited before printing its curl:\n" + "".join(lines))
         lines.append(line.rstrip("\n"))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return lines
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError("/healthz never answered")
+    wait_until_healthy(port)
+    return lines

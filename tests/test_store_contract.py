@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from app.db import driver_dsn, make_driver_pool, make_engine, utcnow
 from app.models import (
@@ -32,6 +32,7 @@ from app.models import (
     Participant,
     ParticipantData,
     Platform,
+    SessionWaiter,
     User,
 )
 from app.services.chatbots import publish_version
@@ -482,13 +483,12 @@ async def test_a_held_lease_is_not_claimed_until_released(place: Place, db: Any,
 
 
 async def test_claim_by_session_id(place: Place, db: Any, started: Claim) -> None:
-    """The session a turn waited for. Its own skip_ids may hold it (it queued in this process
-    for that very session after its first claim failed), so they do not apply here."""
+    """The session a turn waited for, claimed by its id."""
     pid = started.participant_id
     before = await snapshot(db, place.team_id)
     assert await place.store.claim(place.ask(pid, "unknown", session_id=10**9)) is None
     assert await snapshot(db, place.team_id) == before
-    request = place.ask(pid, "waited", session_id=started.id, skip_ids=(started.id,))
+    request = place.ask(pid, "waited", session_id=started.id)
     claim = await place.store.claim(request)
     assert claim is not None and (claim.id, claim.external_id) == (started.id, started.external_id)
     assert (await session_row(db, started.id)).lease_until == request.lease_until
@@ -518,15 +518,38 @@ async def test_leases_compare_as_instants_whatever_the_time_zone(
     assert await place.store.claim(place.ask(pid, "after expiry", now=expired)) is not None
 
 
-async def test_a_skipped_session_is_left_alone(place: Place, db: Any, started: Claim) -> None:
-    pid = started.participant_id
+async def test_waiting_turns_tickets_are_served_lowest_first(place: Place, db: Any, started: Claim) -> None:
+    """A turn that found the session busy holds a ticket: the lowest live ticket claims next,
+    a newcomer (no ticket) claims past none, and a claim uses its ticket up."""
+    store, pid = place.store, started.participant_id
+    first = await store.take_ticket(started.id, utcnow())
+    second = await store.take_ticket(started.id, utcnow())
+    assert first < second
     before = await snapshot(db, place.team_id)
-    assert await place.store.claim(place.ask(pid, "queued here", skip_ids=(started.id,))) is None
-    assert await place.store.claim(place.ask(
-        pid, "named, queued here", external_id=started.external_id, skip_ids=(started.id,))) is None  # fmt: skip
+    assert await store.claim(place.ask(pid, "newcomer")) is None
+    assert await store.claim(place.ask(pid, "named newcomer", external_id=started.external_id)) is None
+    assert await store.claim(place.ask(pid, "second", session_id=started.id, ticket=second)) is None
     assert await snapshot(db, place.team_id) == before
-    claim = await place.store.claim(place.ask(pid, "others queued", skip_ids=(started.id + 1000, started.id + 1001)))
+
+    claim = await store.claim(place.ask(pid, "first", session_id=started.id, ticket=first))
     assert claim is not None and claim.id == started.id
+    await store.release(started.id)
+    assert await store.claim(place.ask(pid, "newcomer again")) is None  # the second still waits
+    assert await store.claim(place.ask(pid, "second", session_id=started.id, ticket=second)) is not None
+    await store.release(started.id)
+    assert await store.claim(place.ask(pid, "newcomer at last")) is not None
+    assert await contents_of(db, started.id) == ["first", "first", "second", "newcomer at last"]
+    async with db() as s:
+        assert await s.scalar(select(func.count()).select_from(SessionWaiter).where(
+            SessionWaiter.session_id == started.id)) == 0  # fmt: skip
+
+
+async def test_a_dropped_or_expired_ticket_no_longer_counts(place: Place, started: Claim) -> None:
+    store, pid = place.store, started.participant_id
+    dropped = await store.take_ticket(started.id, utcnow())
+    await store.drop_ticket(dropped)
+    await store.take_ticket(started.id, utcnow() - LEASE - timedelta(seconds=1))  # its process died
+    assert await store.claim(place.ask(pid, "no one waits")) is not None
 
 
 async def test_a_named_session_is_claimed_only_by_its_owner(place: Place, db: Any, started: Claim) -> None:
@@ -794,13 +817,6 @@ async def test_reset_ends_the_session_and_opens_a_new_one(
     assert await contents_of(db, new.id) == ["after reset"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reset opens the new session with request.new_external_id, which the claim that "
-    "created the current session already used (run_turn passes that request): "
-    "SqlAlchemyStore raises IntegrityError; PostgresStore commits the end, inserts nothing "
-    "(ON CONFLICT DO NOTHING) and fails with TypeError on row['external_id']",
-)
 async def test_reset_with_the_request_whose_claim_created_the_session(place: Place, db: Any) -> None:
     """As run_turn does for a participant's first message "/reset": the same ClaimRequest
     (dataclasses.replace keeps new_external_id) created the session and then resets it."""

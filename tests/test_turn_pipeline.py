@@ -8,7 +8,6 @@ import pytest
 from sqlalchemy import select, update
 
 from app.models import Chatbot, ChatMessage, ChatSession
-from app.services.sessions import local_turn
 
 ON_POSTGRES = os.environ.get("CHATBOTS_TEST_DATABASE_URL", "").startswith("postgresql")
 
@@ -33,20 +32,24 @@ async def test_provider_failure_keeps_the_message_and_frees_the_session(client, 
     assert chat.lease_until is None
 
 
-async def test_a_session_queued_in_this_process_is_left_to_its_queue(client, world, db):
-    """A turn of this process holding or waiting for the session (its in-process queue) goes
-    first: a newcomer's claim must not take the free lease past it, and writes nothing."""
+async def test_a_newcomer_does_not_overtake_a_waiting_turns_ticket(app, client, world, db):
+    """A turn waiting for the session (its ticket, here of another process) goes first: a new
+    message must not claim the free lease past it, and writes nothing until it is served."""
+    from app.db import utcnow
+
+    store = app.state.runtime.store
     first = await client.post(world.url, json={"message": "first"}, headers=world.headers)
     async with db() as s:
         chat_id = await s.scalar(select(ChatSession.id).where(ChatSession.external_id == first.json()["session_id"]))
-    async with local_turn(chat_id):  # as a turn of this process that holds the session
-        later = asyncio.create_task(client.post(world.url, json={"message": "later"}, headers=world.headers))
-        await asyncio.sleep(0.3)
-        assert not later.done()  # the turn waits its turn behind the holder
-        async with db() as s:
-            contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat_id))).all()
-        assert sorted(contents) == ["echo: first", "first"]
-    assert (await later).status_code == 200
+    ticket = await store.take_ticket(chat_id, utcnow())
+    later = asyncio.create_task(client.post(world.url, json={"message": "later"}, headers=world.headers))
+    await asyncio.sleep(0.3)
+    assert not later.done()  # the turn waits its turn behind the ticket
+    async with db() as s:
+        contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat_id))).all()
+    assert sorted(contents) == ["echo: first", "first"]
+    await store.drop_ticket(ticket)  # the waiting turn is served (or gives up)
+    assert (await asyncio.wait_for(later, 10)).status_code == 200
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="the driver pool is PostgreSQL's")

@@ -11,11 +11,13 @@ from app.models.conversation import (
     Participant,
     ParticipantData,
     SessionStatus,
+    SessionWaiter,
 )
 from app.models.team import ApiKey, Membership, Role, Team, User
 
 __all__ = [
     "ENDED_STATUSES", "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot",
     "HistoryMode", "IdempotencyRecord", "LlmProvider", "Membership", "MessageRole",
-    "Participant", "ParticipantData", "Platform", "Role", "SessionStatus", "Team", "User",
+    "Participant", "ParticipantData", "Platform", "Role", "SessionStatus", "SessionWaiter",
+    "Team", "User",
 ]  # fmt: skip

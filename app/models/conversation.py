@@ -119,6 +119,20 @@ class ChatMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SessionWaiter(Base):
+    """A turn waiting for a session that another turn holds: a ticket. Across processes the
+    lowest live ticket of a session claims it next, so its turns are taken in arrival order
+    (SPEC §3.2); a ticket older than the lease time (its process died) no longer counts."""
+
+    __tablename__ = "session_waiter"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("chat_session.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IdempotencyRecord(Base):
     """The first response to a request carrying an ``Idempotency-Key`` (SPEC §3.2)."""
 

@@ -1,13 +1,14 @@
-"""One turn at a time per session, in arrival order (SPEC §3.2), within this process.
+"""One turn at a time per session, in arrival order (SPEC §3.2).
 
-A turn holds its session's lease (``lease_until``, taken by the store's claim): across processes
-the lease is what serialises turns, and a crashed holder's lease expires. Within a process, turns
-that find their session busy queue on an ``asyncio.Lock`` per session (FIFO, no polling, nothing
-held open while they wait), and a claim skips the sessions this process has turns queued for, so
-a newcomer never overtakes them (``app.services.turn``).
+A turn holds its session's lease (``lease_until``, taken by the store's claim); a crashed
+holder's lease expires. A turn that finds its session busy takes a ticket (a row, so it counts
+in every process): the lowest live ticket claims next, and no newcomer claims past a ticket.
+Within a process only its lowest ticket asks the database; the others wait here, on an event,
+with nothing held open (``app.services.turn``).
 """
 
 import asyncio
+import bisect
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -23,29 +24,23 @@ def session_id_can_exist(external_id: str | None) -> bool:
     )
 
 
-_local_queues: dict[int, tuple[asyncio.Lock, int]] = {}
-
-
-def session_is_queued(session_id: int) -> bool:
-    """Whether a turn of this process holds or waits for the session."""
-    return session_id in _local_queues
-
-
-def queued_sessions() -> list[int]:
-    """The sessions a turn of this process holds or waits for."""
-    return list(_local_queues)
+_waiting: dict[int, list[tuple[int, asyncio.Event]]] = {}
 
 
 @contextlib.asynccontextmanager
-async def local_turn(session_id: int) -> AsyncIterator[None]:
-    lock, users = _local_queues.get(session_id, (asyncio.Lock(), 0))
-    _local_queues[session_id] = (lock, users + 1)
+async def local_place(session_id: int, ticket: int) -> AsyncIterator[None]:
+    """This process's place among its turns waiting for the session: the lowest ticket goes
+    first (the others would only find it busy), and keeps its place until it leaves."""
+    entry = (ticket, asyncio.Event())
+    queue = _waiting.setdefault(session_id, [])
+    bisect.insort(queue, entry, key=lambda e: e[0])
     try:
-        async with lock:
-            yield
+        if queue[0] is not entry:
+            await entry[1].wait()
+        yield
     finally:
-        lock, users = _local_queues[session_id]
-        if users == 1:
-            del _local_queues[session_id]
+        queue.remove(entry)
+        if queue:
+            queue[0][1].set()
         else:
-            _local_queues[session_id] = (lock, users - 1)
+            del _waiting[session_id]

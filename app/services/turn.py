@@ -33,10 +33,8 @@ from app.services.replies import TurnInput, build_messages, complete, completion
 from app.services.sessions import (
     SESSION_ENDED,
     SESSION_NOT_FOUND,
-    local_turn,
-    queued_sessions,
+    local_place,
     session_id_can_exist,
-    session_is_queued,
 )
 from app.stores.base import (
     ApiChannel,
@@ -134,7 +132,7 @@ async def run_turn(
             return result
         finally:
             if not released:
-                await _release_quietly(store, claim.id)
+                await _quietly(store.release(claim.id))
 
 
 async def _answer(
@@ -225,22 +223,13 @@ async def _claim(
     queue: contextlib.AsyncExitStack,
     find_participant: Callable[[], Awaitable[int | None]],
 ) -> Claim:
-    """Claim the turn's session (created when there is none), waiting for a busy one: in this
-    process behind the turns queued before it (``queue`` keeps its place until the turn ends),
-    across processes until the holder releases it."""
+    """Claim the turn's session (created when there is none), waiting for a busy one behind the
+    turns that came before it (``queue`` keeps its place until the turn ends)."""
     for _ in range(MAX_CLAIM_ATTEMPTS):
         now = utcnow()
-        ask = dataclasses.replace(
-            ask, now=now, lease_until=_lease_end(settings, now), skip_ids=tuple(queued_sessions())
-        )
+        ask = dataclasses.replace(ask, now=now, lease_until=_lease_end(settings, now))
         claim = await store.claim(ask)
         if claim is not None:
-            if not session_is_queued(claim.id):
-                # Join this process's queue with no await since the claim, so a turn that
-                # arrives while this one runs queues behind it.
-                await queue.enter_async_context(local_turn(claim.id))
-            # Else a turn of this process queued for the session while the claim was in
-            # flight: the lease is this turn's, so it goes first and that one waits for it.
             return claim
         found = await store.find_session(ask.key, ask.participant_id, ask.external_id)
         if found is None:
@@ -251,13 +240,23 @@ async def _claim(
             continue
         if found.ended:
             raise BadRequest(SESSION_ENDED)
+        # Busy: take a ticket (arrival order, across processes), then wait for the session.
         waited = contextlib.AsyncExitStack()
-        await waited.enter_async_context(local_turn(found.id))
-        claim = await _wait_and_claim(store, settings, dataclasses.replace(ask, session_id=found.id))
-        if claim is not None:
+        ticket = await store.take_ticket(found.id, utcnow())
+        try:
+            await waited.enter_async_context(local_place(found.id, ticket))
+            claim = await _wait_and_claim(
+                store, settings, dataclasses.replace(ask, session_id=found.id, ticket=ticket)
+            )
+        except BaseException:
+            await waited.aclose()
+            await _quietly(store.drop_ticket(ticket))
+            raise
+        if claim is not None:  # the claim used the ticket up
             queue.push_async_exit(waited)
             return claim
         await waited.aclose()
+        await _quietly(store.drop_ticket(ticket))
         # The session ended while this turn waited (a /reset): the turn goes to the open one.
         if ask.external_id is not None:
             raise BadRequest(SESSION_ENDED)
@@ -286,9 +285,10 @@ def _lease_end(settings: Settings, now: Any) -> Any:
     return now + timedelta(seconds=settings.session_lease_seconds)
 
 
-async def _release_quietly(store: TurnStore, session_id: int) -> None:
-    with contextlib.suppress(Exception):  # else the lease simply expires
-        await store.release(session_id)
+async def _quietly(write: Awaitable[None]) -> None:
+    """A clean-up write that may fail with the database: a lease or a ticket then expires."""
+    with contextlib.suppress(Exception):
+        await write
 
 
 async def _summarize(

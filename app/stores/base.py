@@ -105,8 +105,8 @@ class ClaimRequest:
     The session claimed is ``session_id`` if given (a turn that waited for it), else the named
     session (``external_id``), else the participant's open session — created, with the
     participant (``participant_id`` None) and its data row, when there is none. It is claimed
-    only if no turn holds its lease and it is not in ``skip_ids`` (sessions this process has
-    turns queued for, which go first). ``human`` is stored unless the bot asks for consent
+    only if no turn holds its lease and no turn waiting for it has an earlier ticket than
+    ``ticket`` (any live ticket, for a turn without one: it must not overtake them). ``human`` is stored unless the bot asks for consent
     (``consent``) and the session has not given it yet (status ``setup``/``pending``): the
     pipeline's consent step stores it then.
     """
@@ -122,7 +122,7 @@ class ClaimRequest:
     history_limit: int = 0
     external_id: str | None = None
     session_id: int | None = None
-    skip_ids: tuple[int, ...] = ()
+    ticket: int | None = None  # the waiting turn's ticket (``take_ticket``), dropped on a claim
     new_external_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -224,6 +224,12 @@ class TurnStore(Protocol):
     async def claim(self, request: ClaimRequest) -> Claim | None:
         """See ``ClaimRequest``. None: nothing claimed and nothing written (the session is
         busy, queued here, ended, unknown, or another request created it concurrently)."""
+
+    async def take_ticket(self, session_id: int, now: datetime) -> int:
+        """A place in the session's queue of waiting turns (lower tickets claim first)."""
+
+    async def drop_ticket(self, ticket: int) -> None:
+        """Leave the queue without claiming (the session ended, or the wait was given up)."""
 
     async def find_session(
         self, key: SessionKey, participant_id: int | None, external_id: str | None

@@ -22,12 +22,10 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import (
-    ARRAY,
     Boolean,
     Integer,
     String,
     Text,
-    all_,
     and_,
     bindparam,
     case,
@@ -126,9 +124,9 @@ def _claim_statement(kind: str) -> CompiledStatement:
     ctes: list[Any] = []
     if kind == "by_id":
         session = st.CLAIM_BY_ID.cte("claimed")
+        ctes.append(st.DROP_TICKET.where(exists(select(session.c.id))).cte("served"))
     elif kind == "owner":
-        not_skipped = S.c.id != all_(bindparam("skip_ids", type_=ARRAY(Integer)))
-        claimed = st.claim_update(*st.OWNER, st.NAMED_OR_OPEN, not_skipped).cte("claimed")
+        claimed = st.CLAIM_OWNER.cte("claimed")
         none_claimed = ~exists(select(claimed.c.id))
         created = _create_session(
             participant, bindparam("p_external_id", type_=String).is_(None), none_claimed
@@ -295,6 +293,14 @@ class PostgresStore:
             participant_data=row["participant_data"] or {},
         )
 
+    async def take_ticket(self, session_id: int, now: datetime) -> int:
+        async with self._connection() as conn:
+            return await _TAKE_TICKET.fetchval(conn, {"session_id": session_id, "now": now})
+
+    async def drop_ticket(self, ticket: int) -> None:
+        async with self._connection() as conn:
+            await _DROP_TICKET.execute(conn, {"ticket": ticket})
+
     async def find_session(
         self, key: SessionKey, participant_id: int | None, external_id: str | None
     ) -> SessionFound | None:
@@ -346,11 +352,12 @@ class PostgresStore:
             await _RELEASE.execute(conn, {"session_id": session_id})
 
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
-        params = {**st.claim_params(request), "session_id": session_id, "status": ended_status,
-                  "lease_until": None}  # fmt: skip
+        params = {**st.reset_params(request), "session_id": session_id, "status": ended_status}
         async with self._connection() as conn, conn.transaction():
             await _END_SESSION.execute(conn, params)
             row = await _OPEN_NEW_SESSION.fetchrow(conn, params)
+            if row is None:  # roll the end back too: the participant keeps an open session
+                raise RuntimeError("reset: the new session could not be created")
         return row["external_id"]
 
 
@@ -440,6 +447,8 @@ _CLAIM_BY_ID = _claim_statement("by_id")
 _CLAIM_OWNER = _claim_statement("owner")
 _CLAIM_FIRST_CONTACT = _claim_statement("first_contact")
 _FIND_SESSION = CompiledStatement(st.FIND_SESSION)
+_TAKE_TICKET = CompiledStatement(st.TAKE_TICKET)
+_DROP_TICKET = CompiledStatement(st.DROP_TICKET)
 _SESSION_ENDED_AT = CompiledStatement(st.SESSION_ENDED_AT)
 _UNSUMMARIZED = CompiledStatement(st.UNSUMMARIZED)
 _SAVE = _save_statement()

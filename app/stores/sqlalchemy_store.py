@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,9 +37,6 @@ from app.stores.base import (
 )
 
 LEASE_POLL_SECONDS = 0.05
-_CLAIM_OWNER = st.claim_update(
-    *st.OWNER, st.NAMED_OR_OPEN, st.SESSION.c.id.not_in(bindparam("skip_ids", expanding=True))
-)
 
 
 class SqlAlchemyStore:
@@ -122,9 +119,12 @@ class SqlAlchemyStore:
         self, conn: AsyncConnection, request: ClaimRequest, params: dict[str, Any]
     ) -> Any:
         if request.session_id is not None:
-            return (await conn.execute(st.CLAIM_BY_ID, params)).first()
+            row = (await conn.execute(st.CLAIM_BY_ID, params)).first()
+            if row is not None and request.ticket is not None:
+                await conn.execute(st.DROP_TICKET, params)
+            return row
         if request.participant_id is not None:
-            row = (await conn.execute(_CLAIM_OWNER, params)).first()
+            row = (await conn.execute(st.CLAIM_OWNER, params)).first()
             if row is not None or request.external_id is not None:
                 return row
         else:
@@ -155,6 +155,14 @@ class SqlAlchemyStore:
                 )  # fmt: skip
             )
         return row
+
+    async def take_ticket(self, session_id: int, now: datetime) -> int:
+        async with self._write() as conn:
+            return await conn.scalar(st.TAKE_TICKET, {"session_id": session_id, "now": now})
+
+    async def drop_ticket(self, ticket: int) -> None:
+        async with self._write() as conn:
+            await conn.execute(st.DROP_TICKET, {"ticket": ticket})
 
     async def find_session(
         self, key: SessionKey, participant_id: int | None, external_id: str | None
@@ -208,14 +216,14 @@ class SqlAlchemyStore:
             await conn.execute(st.RELEASE, {"session_id": session_id})
 
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
-        params = st.claim_params(request)
+        params = st.reset_params(request)
         async with self._write() as conn:
             await conn.execute(
                 st.END_SESSION, {"session_id": session_id, "status": ended_status, "now": request.now}
             )
             return await conn.scalar(
                 insert(st.SESSION)
-                .values(st.new_session_values({**params, "lease_until": None}))
+                .values(st.new_session_values(params))
                 .returning(st.SESSION.c.external_id)
             )
 

@@ -11,13 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Integer,
     String,
     and_,
     bindparam,
     case,
+    delete,
+    exists,
     func,
+    insert,
     or_,
     select,
     update,
@@ -35,6 +39,7 @@ from app.models import (
     ParticipantData,
     Platform,
     SessionStatus,
+    SessionWaiter,
     User,
 )
 from app.stores.base import BOT_FIELDS, ApiChannel, BotConfig, ProviderConfig, StoredMessage, TurnTarget
@@ -43,6 +48,8 @@ SESSION = ChatSession.__table__
 _TIME = ChatSession.__table__.c.created_at.type
 NOW = bindparam("now", type_=_TIME)
 LEASE_UNTIL = bindparam("lease_until", type_=_TIME)
+SESSION_ID = bindparam("session_id", type_=Integer)
+WAITER = SessionWaiter.__table__
 MESSAGE = ChatMessage.__table__
 PARTICIPANT = Participant.__table__
 PARTICIPANT_DATA = ParticipantData.__table__
@@ -175,7 +182,6 @@ SESSION_COLUMNS = (
     SESSION.c.id, SESSION.c.external_id, SESSION.c.participant_id, SESSION.c.status, SESSION.c.state,
     SESSION.c.versions_seen, SESSION.c.summary, SESSION.c.summary_until_id,
 )  # fmt: skip
-SESSION_ID = bindparam("session_id", type_=Integer)
 OWNER = (
     SESSION.c.team_id == bindparam("p_team_id", type_=Integer),
     SESSION.c.chatbot_id == bindparam("p_chatbot_id", type_=Integer),
@@ -188,10 +194,27 @@ NAMED_OR_OPEN = or_(
     and_(_EXTERNAL_ID.is_(None), SESSION.c.ended_at.is_(None)),
     SESSION.c.external_id == _EXTERNAL_ID,
 )
+# No live ticket before the claimant's (``ticket``: its own, or NO_TICKET for a turn that has
+# not waited, which then must not overtake any waiter).
+_NO_EARLIER_WAITER = ~exists(
+    select(WAITER.c.id).where(
+        WAITER.c.session_id == SESSION.c.id,
+        WAITER.c.id < bindparam("ticket", type_=BigInteger),
+        WAITER.c.created_at > bindparam("waiters_since", type_=_TIME),
+    )
+)
 _FREE = and_(
     SESSION.c.ended_at.is_(None),
     or_(SESSION.c.lease_until.is_(None), SESSION.c.lease_until < NOW),
+    _NO_EARLIER_WAITER,
 )
+NO_TICKET = 2**62
+TAKE_TICKET = (
+    insert(WAITER)
+    .values(session_id=SESSION_ID, created_at=NOW)
+    .returning(WAITER.c.id)
+)
+DROP_TICKET = delete(WAITER).where(WAITER.c.id == bindparam("ticket", type_=BigInteger))
 
 
 def claim_update(*criteria: Any) -> Any:
@@ -205,6 +228,7 @@ def claim_update(*criteria: Any) -> Any:
 
 
 CLAIM_BY_ID = claim_update(SESSION.c.id == SESSION_ID)
+CLAIM_OWNER = claim_update(*OWNER, NAMED_OR_OPEN)
 FIND_SESSION = select(SESSION.c.id, SESSION.c.ended_at).where(*OWNER, NAMED_OR_OPEN)
 SESSION_ENDED_AT = select(SESSION.c.ended_at).where(SESSION.c.id == SESSION_ID)
 RELEASE = update(SESSION).where(SESSION.c.id == SESSION_ID).values(lease_until=None)
@@ -251,10 +275,17 @@ def claim_params(request: Any) -> dict[str, Any]:
         "human": request.human,
         "consent": request.consent,
         "history_limit": request.history_limit,
-        "skip_ids": list(request.skip_ids),
+        "ticket": request.ticket or NO_TICKET,
+        "waiters_since": request.now - (request.lease_until - request.now),
         "new_external_id": request.new_external_id,
         "new_participant_public_id": uuid.uuid4(),
     }
+
+
+def reset_params(request: Any) -> dict[str, Any]:
+    """A claim's bind values for the session that replaces it: a new id, no lease (the claim
+    that created the old session may have used the request's ``new_external_id``)."""
+    return {**claim_params(request), "new_external_id": str(uuid.uuid4()), "lease_until": None}
 
 
 def new_session_values(key_params: Mapping[str, Any]) -> dict[str, Any]:
