@@ -1,9 +1,20 @@
 """Hardening: inputs and client behaviours at the edges that must still get a clean, JSON answer
 (or, where no answer can be delivered, a quiet log line), and no traceback."""
 
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
 import pytest
+from starlette.types import Message
 
 from tests.assertions import assert_error, nothing_written
+from tests.server import free_port, serve, wait_for_banner
 
 # --- a version number too long to convert ---------------------------------------------------------
 
@@ -64,3 +75,95 @@ async def test_each_credential_header_once_is_still_accepted(client, world):
     headers = [("X-api-key", world.key), ("Authorization", f"Bearer {world.key}")]
     r = await client.post(world.url, json={"message": "hi"}, headers=headers)
     assert r.status_code == 200, r.text
+
+
+# --- a client that disconnects in the middle of its body ------------------------------------------
+
+
+async def call_asgi(
+    app: Any, path: str, headers: list[tuple[str, str]], receive: Callable[[], Awaitable[Message]]
+) -> list[Message]:
+    """One HTTP request as an ASGI server makes it, with the client's side played by
+    ``receive``; returns what the app sent."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("test", 80), "state": {},
+        "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+    }  # fmt: skip
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def partial_body_then(after: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
+    """A client that sends the first bytes of a JSON body, then behaves as ``after`` says."""
+    chunks = iter([{"type": "http.request", "body": b'{"message": "hel', "more_body": True}])
+
+    async def receive() -> Message:
+        chunk = next(chunks, None)
+        return chunk if chunk is not None else await after()
+
+    return receive
+
+
+def body_headers(world: Any) -> list[tuple[str, str]]:
+    return [("x-api-key", world.key), ("content-type", "application/json"), ("content-length", "100")]
+
+
+async def test_a_client_disconnecting_mid_body_is_one_info_line_not_a_traceback(app, db, world, caplog):
+    """Starlette raises ClientDisconnect when the client goes away during the body; unhandled,
+    it reached the server as an exception (a ~70-line ERROR traceback in uvicorn's log)."""
+
+    async def disconnect() -> Message:
+        return {"type": "http.disconnect"}
+
+    caplog.set_level(logging.INFO)
+    async with nothing_written(db, world):
+        sent = await asyncio.wait_for(
+            call_asgi(app, world.url, body_headers(world), partial_body_then(disconnect)), 10
+        )
+    # The request ends with a complete (400) answer, which a server drops: no one is listening.
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    lines = [r for r in caplog.records if r.name.startswith("app") and "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, caplog.text
+    assert lines[0].exc_info is None
+
+
+def test_a_real_server_logs_a_mid_body_disconnect_in_one_info_line(tmp_path):
+    """The same over a real socket to a real ``chatbots serve``: headers and part of the body,
+    then the connection is closed. The server's log gets one INFO line, no ERROR, no traceback."""
+    port = free_port()
+    proc = serve(tmp_path, port)
+    output: list[str] = []
+    try:
+        banner = wait_for_banner(proc, port)
+        key = next(line for line in banner if "Demo API key" in line).rsplit(" ", 1)[1]
+        url = next(word for word in next(line for line in banner if line.startswith("curl ")).split() if "/channels/" in word)
+        path = url.split(f":{port}", 1)[1]
+        reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-api-key: {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n".encode() + b'{"message": "hel'
+            )
+            time.sleep(0.3)  # let the app start reading the body before the client goes away
+        deadline = time.monotonic() + 10
+        while not any("disconnected" in line for line in output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    reader.join(5)
+    log = "".join(output)
+    assert len([line for line in output if "disconnected" in line]) == 1, log
+    assert " INFO " in next(line for line in output if "disconnected" in line), log
+    assert "Traceback" not in log and "ERROR" not in log, log

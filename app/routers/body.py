@@ -6,16 +6,19 @@ gives the exact statuses: 415 for a non-JSON content type, 413 over the size lim
 fields that fail validation (never FastAPI's 422).
 """
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from app.config import Settings
 from app.errors import BadRequest, DomainError, invalid_body
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class UnsupportedMediaType(DomainError):
@@ -25,6 +28,14 @@ class UnsupportedMediaType(DomainError):
 class PayloadTooLarge(DomainError):
     status_code = 413
     detail = "Request body is too large."
+
+
+class ClientDisconnected(DomainError):
+    """The client went away in the middle of its body: an ordinary event, not a failure. The
+    answer ends the request cleanly; the server drops it, as there is no one to deliver it to."""
+
+    status_code = 400
+    detail = "The client disconnected before sending the whole request body."
 
 
 _MESSAGES = {
@@ -49,11 +60,19 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.info(
+            "client disconnected after %d of %s body bytes: %s %s (request %s)",
+            size, declared or "?", request.method, request.url.path,
+            request.scope.get("state", {}).get("request_id", "-"),
+        )  # fmt: skip
+        raise ClientDisconnected() from None
     return b"".join(chunks)
 
 
