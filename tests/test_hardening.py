@@ -2,11 +2,13 @@
 (or, where no answer can be delivered, a quiet log line), and no traceback."""
 
 import asyncio
+import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -167,3 +169,61 @@ def test_a_real_server_logs_a_mid_body_disconnect_in_one_info_line(tmp_path):
     assert len([line for line in output if "disconnected" in line]) == 1, log
     assert " INFO " in next(line for line in output if "disconnected" in line), log
     assert "Traceback" not in log and "ERROR" not in log, log
+
+
+# --- a client that stalls in the middle of its body -----------------------------------------------
+
+
+@asynccontextmanager
+async def app_with(settings: Any, **overrides: Any) -> AsyncIterator[Any]:
+    """An app of its own, started, with some settings changed."""
+    from app.main import create_app
+
+    application = create_app(settings.model_copy(update=overrides))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def never() -> Message:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+def trickle() -> Callable[[], Awaitable[Message]]:
+    """A client that keeps sending, one byte every 50 ms: each chunk comes in time, the whole
+    body never does."""
+
+    async def receive() -> Message:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    return receive
+
+
+@pytest.mark.parametrize("after", [pytest.param(never, id="stalls"), pytest.param(trickle(), id="trickles")])
+async def test_a_body_not_received_in_time_is_408(settings, db, world, caplog, after):
+    """Headers and part of a body, then nothing (or a trickle): 408 after the configured time,
+    instead of a request (and what it holds) kept open for as long as the client likes."""
+    caplog.set_level(logging.INFO)
+    async with app_with(settings, body_timeout_seconds=0.3) as app:
+        started = time.monotonic()
+        async with nothing_written(db, world):
+            sent = await asyncio.wait_for(call_asgi(app, world.url, body_headers(world), partial_body_then(after)), 10)
+        elapsed = time.monotonic() - started
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    assert start["status"] == 408, sent
+    headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert json.loads(body) == {"detail": "Timed out reading the request body."}
+    assert 0.3 <= elapsed < 5
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_the_body_timeout_is_read_from_its_variable_and_defaults_to_30_seconds(monkeypatch):
+    from app.config import Settings
+
+    monkeypatch.delenv("CHATBOTS_BODY_TIMEOUT_SECONDS", raising=False)
+    assert Settings(_env_file=None).body_timeout_seconds == 30.0
+    monkeypatch.setenv("CHATBOTS_BODY_TIMEOUT_SECONDS", "2.5")
+    assert Settings(_env_file=None).body_timeout_seconds == 2.5
