@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import IntegrityError
 from starlette.types import Message
 
 from tests.assertions import assert_error, nothing_written
@@ -83,12 +84,16 @@ async def test_each_credential_header_once_is_still_accepted(client, world):
 
 
 async def call_asgi(
-    app: Any, path: str, headers: list[tuple[str, str]], receive: Callable[[], Awaitable[Message]]
+    app: Any,
+    path: str,
+    headers: list[tuple[str, str]],
+    receive: Callable[[], Awaitable[Message]],
+    method: str = "POST",
 ) -> list[Message]:
     """One HTTP request as an ASGI server makes it, with the client's side played by
     ``receive``; returns what the app sent."""
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "client": ("127.0.0.1", 50000), "server": ("test", 80), "state": {},
         "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
@@ -227,3 +232,90 @@ def test_the_body_timeout_is_read_from_its_variable_and_defaults_to_30_seconds(m
     assert Settings(_env_file=None).body_timeout_seconds == 30.0
     monkeypatch.setenv("CHATBOTS_BODY_TIMEOUT_SECONDS", "2.5")
     assert Settings(_env_file=None).body_timeout_seconds == 2.5
+
+
+# --- an unexpected exception ----------------------------------------------------------------------
+
+INTERNAL = "Internal server error."
+
+
+def failing_app(settings: Any, exc: Exception) -> Any:
+    """The real app plus one route that raises ``exc`` (no database needed: not started)."""
+    from app.main import create_app
+
+    application = create_app(settings)
+
+    async def boom() -> None:
+        raise exc
+
+    application.add_api_route("/test-only/boom", boom, methods=["GET"])
+    return application
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pytest.param(RuntimeError("a bug"), id="bug"),
+        # A database error that is not an outage: errors.py's database handler re-raises it.
+        pytest.param(IntegrityError("INSERT ...", {}, Exception("duplicate key")), id="sql-bug"),
+    ],
+)
+@pytest.mark.parametrize("sent_id", [None, "client-chose-this-id"])
+async def test_an_unexpected_exception_is_a_json_500_with_the_request_id_logged_once(settings, caplog, exc, sent_id):
+    app = failing_app(settings, exc)
+    headers = {"X-Request-ID": sent_id} if sent_id else {}
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        r = await http.get("/test-only/boom", headers=headers)
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"] == "application/json"
+    request_id = r.headers["x-request-id"]
+    assert r.headers.get_list("x-request-id") == [request_id]
+    assert request_id == (sent_id or request_id) and request_id
+    assert r.json() == {"detail": INTERNAL, "request_id": request_id}
+    # Logged once, with its traceback and the request id to find it by.
+    [record] = errors_logged(caplog)
+    assert record.exc_info is not None and record.exc_info[1] is exc
+    assert request_id in record.getMessage()
+
+
+async def test_an_unexpected_exception_does_not_reach_the_server(settings, caplog):
+    """Not re-raised after the answer: the server would log it a second time (uvicorn's
+    "Exception in ASGI application" traceback)."""
+    app = failing_app(settings, RuntimeError("a bug"))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent = await call_asgi(app, "/test-only/boom", [], receive, method="GET")  # raises if it escapes
+    assert sent[0]["status"] == 500
+    assert len(errors_logged(caplog)) == 1
+
+
+async def test_an_exception_outside_the_request_id_middleware_is_still_a_json_500_with_its_id(settings, caplog):
+    """Starlette answers exceptions that escape every middleware in ServerErrorMiddleware, the
+    outermost, with the ``Exception`` handler: plain text by default. A middleware added later
+    (outside RequestIdMiddleware) that fails still gets the JSON 500 and the X-Request-ID; the
+    server logs that exception (it is re-raised to it), so the app does not log it too."""
+    app = failing_app(settings, RuntimeError("unused"))
+
+    class FailingMiddleware:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            raise RuntimeError("a bug in an outer middleware")
+
+    app.add_middleware(FailingMiddleware)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        r = await http.get("/healthz", headers={"X-Request-ID": "outer-1"})
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers.get_list("x-request-id") == ["outer-1"]
+    assert r.json() == {"detail": INTERNAL, "request_id": "outer-1"}
+    assert errors_logged(caplog) == []
