@@ -93,7 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # With a driver pool (PostgreSQL) the steady-state turn uses it, and SQLAlchemy's pool
         # serves the rest (first messages, consent, admin).
         driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
-        engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         async with make_http_client() as http_client:
             app.state.engine = engine
             app.state.driver_pool = driver_pool

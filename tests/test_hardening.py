@@ -319,3 +319,27 @@ async def test_an_exception_outside_the_request_id_middleware_is_still_a_json_50
     assert r.headers.get_list("x-request-id") == ["outer-1"]
     assert r.json() == {"detail": INTERNAL, "request_id": "outer-1"}
     assert errors_logged(caplog) == []
+
+
+# --- the database pool's size has one source: the settings ----------------------------------------
+
+
+def test_make_engine_takes_its_pool_sizes_from_the_caller_only(settings):
+    """make_engine had defaults (20 + 20) that disagreed with the settings (5 + 0): a caller
+    that forgot them got a pool four times larger than configured, silently."""
+    from app.db import make_engine
+
+    with pytest.raises(TypeError):
+        make_engine(settings.database_url)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        make_engine(settings.database_url, 5, 0)  # type: ignore[misc]
+
+
+async def test_the_service_pools_have_the_configured_sizes(settings):
+    """The settings reach both pools of a worker (a guard: this held before, through main.py)."""
+    if settings.is_sqlite:
+        pytest.skip("make_engine gives SQLite SQLAlchemy's own pool (5 + 10), whatever the settings")
+    async with app_with(settings, database_pool_size=3, database_max_overflow=2) as app:
+        pool = app.state.engine.pool
+        assert (pool.size(), pool._max_overflow) == (3, 2)
+        assert app.state.driver_pool.get_max_size() == 3
