@@ -288,8 +288,10 @@ async def test_an_unexpected_exception_does_not_reach_the_server(settings, caplo
     "Exception in ASGI application" traceback)."""
     app = failing_app(settings, RuntimeError("a bug"))
 
+    requests = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return next(requests, None) or await never()
 
     sent = await call_asgi(app, "/test-only/boom", [], receive, method="GET")  # raises if it escapes
     assert sent[0]["status"] == 500
