@@ -345,3 +345,20 @@ async def test_the_service_pools_have_the_configured_sizes(settings):
         pool = app.state.engine.pool
         assert (pool.size(), pool._max_overflow) == (3, 2)
         assert app.state.driver_pool.get_max_size() == 3
+
+
+# --- dead code stays removed ----------------------------------------------------------------------
+
+
+def test_unused_names_are_gone():
+    """Nothing used them (grep): ``ENDED_STATUSES``, ``Chatbot.head_id`` and the
+    ``admin.publish`` alias of ``admin.publish_chatbot``."""
+    import app.models
+    from app.models import Chatbot
+    from app.services import admin
+
+    assert not hasattr(app.models, "ENDED_STATUSES")
+    assert not hasattr(app.models.conversation, "ENDED_STATUSES")
+    assert not hasattr(Chatbot, "head_id")
+    assert not hasattr(admin, "publish") and "publish" not in admin.__all__
+    assert callable(admin.publish_chatbot)

@@ -126,10 +126,6 @@ class Chatbot(Base, BotVersionRules):
     def is_working_version(self) -> bool:
         return self.working_version_id is None
 
-    @property
-    def head_id(self) -> int:
-        return self.working_version_id if self.working_version_id is not None else self.id
-
 
 
 class Channel(Base):

@@ -23,9 +23,6 @@ class SessionStatus(enum.StrEnum):
     complete = "complete"
 
 
-ENDED_STATUSES = (SessionStatus.pending_review, SessionStatus.complete)
-
-
 class MessageRole(enum.StrEnum):
     human = "human"
     ai = "ai"
