@@ -7,8 +7,10 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -362,3 +364,112 @@ def test_unused_names_are_gone():
     assert not hasattr(Chatbot, "head_id")
     assert not hasattr(admin, "publish") and "publish" not in admin.__all__
     assert callable(admin.publish_chatbot)
+
+
+# --- idempotency_record.status_code: only ever 200, dropped by migration 0002 ---------------------
+
+
+@asynccontextmanager
+async def fresh_database(settings: Any, tmp_path: Any) -> AsyncIterator[Any]:
+    """An empty database on the suite's backend: a new SQLite file, or a new PostgreSQL schema
+    (first on the search path) in the test database."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from app.db import make_engine
+
+    if settings.is_sqlite:
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/fresh.db", pool_size=1, max_overflow=0)
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+        return
+    schema = f"fresh_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(settings.database_url)
+    async with admin.begin() as connection:
+        await connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = create_async_engine(
+        settings.database_url, connect_args={"server_settings": {"search_path": schema}}
+    )
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+        async with admin.begin() as connection:
+            await connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        await admin.dispose()
+
+
+async def alembic(engine: Any, action: str, revision: str) -> None:
+    from alembic import command
+
+    from app.migrate import alembic_config
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+
+    def run(connection: Any) -> None:
+        cfg.attributes["connection"] = connection
+        getattr(command, action)(cfg, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def idempotency_rows(engine: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    from sqlalchemy import inspect, text
+
+    async with engine.connect() as connection:
+        columns = await connection.run_sync(
+            lambda sync: [c["name"] for c in inspect(sync).get_columns("idempotency_record")]
+        )
+        shown = ", ".join(c for c in ("key", "status_code", "response") if c in columns)
+        rows = (await connection.execute(text(f"SELECT {shown} FROM idempotency_record ORDER BY key"))).all()
+    return columns, [tuple(json.loads(v) if isinstance(v, str) and v.startswith("{") else v for v in row) for row in rows]
+
+
+async def test_migration_0002_drops_idempotency_status_code_and_0001_restores_it(settings, tmp_path):
+    """The column was only ever set to 200, next to the stored response, and never read. The
+    migration keeps every record; its downgrade gives answered records their 200 back."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import text
+
+    from app.models import Base
+
+    answered = {"response": "hi", "attachments": [], "session_id": "s-1"}
+    async with fresh_database(settings, tmp_path) as engine:
+        await alembic(engine, "upgrade", "0001")
+        async with engine.begin() as connection:
+            for key, status, response in [("a-answered", 200, json.dumps(answered)), ("b-claimed", None, None)]:
+                await connection.execute(
+                    text(
+                        "INSERT INTO idempotency_record (credential, key, request_hash, status_code, response, created_at) "
+                        "VALUES ('api_key:1', :key, 'h', :status, :response, :created_at)"
+                    ),
+                    {"key": key, "status": status, "response": response, "created_at": datetime.now(UTC)},
+                )
+
+        await alembic(engine, "upgrade", "head")
+        columns, rows = await idempotency_rows(engine)
+        assert "status_code" not in columns
+        assert rows == [("a-answered", answered), ("b-claimed", None)]
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync, opts={"compare_type": True}), Base.metadata)
+            )
+        assert diff == []
+
+        await alembic(engine, "downgrade", "0001")
+        columns, rows = await idempotency_rows(engine)
+        assert "status_code" in columns
+        assert rows == [("a-answered", 200, answered), ("b-claimed", None, None)]
+
+        await alembic(engine, "upgrade", "head")
+        assert "status_code" not in (await idempotency_rows(engine))[0]
+
+
+def test_idempotency_records_have_no_status_code():
+    from app.models import IdempotencyRecord
+
+    assert "status_code" not in IdempotencyRecord.__table__.columns
