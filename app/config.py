@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # Request limits (SPEC §3.1).
     max_body_bytes: int = 1024 * 1024
     max_message_chars: int = 32_000
+    # Bound on reading a whole request body. The server (uvicorn) has none: a client that sends
+    # its headers and then stalls mid-body (a dead mobile link, or on purpose) would hold its
+    # request, and what the request holds by then (the credential check's database session),
+    # for ever. 30 s lets 1 MiB through at ~35 KB/s.
+    body_timeout_seconds: float = 30.0
 
     # LLM layer (SPEC §5.4): per-attempt timeout, retries of transient errors, and a bound on
     # the total time one completion may take including retries.

@@ -30,7 +30,7 @@ def json_dumps(value: Any) -> str:
 _JSON = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
 
 
-def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int, max_overflow: int) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **_JSON)
         _configure_sqlite(engine)

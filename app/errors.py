@@ -5,6 +5,7 @@ FastAPI's own errors) to statuses and JSON bodies.
 """
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -85,7 +86,30 @@ def error_response(exc: DomainError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
+INTERNAL_ERROR = "Internal server error."
+
+
+def internal_error_response(request_id: str) -> JSONResponse:
+    """The answer to an unexpected exception: JSON, with the request id to find it in the log."""
+    return JSONResponse({"detail": INTERNAL_ERROR, "request_id": request_id}, status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, _: Exception) -> JSONResponse:
+        # RequestIdMiddleware answers (and logs) the exceptions raised inside it. Starlette runs
+        # this handler in ServerErrorMiddleware, outside every middleware, so it is reached only
+        # by an exception raised outside RequestIdMiddleware: it sets X-Request-ID itself, and
+        # does not log, as the exception then goes on to the server, which logs it.
+        request_id = (
+            request.scope.get("state", {}).get("request_id")
+            or request.headers.get("x-request-id", "")[:200]
+            or uuid.uuid4().hex
+        )
+        response = internal_error_response(request_id)
+        response.headers["X-Request-ID"] = request_id
+        return response
+
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         return error_response(exc)

@@ -10,10 +10,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers
+from app.errors import install_error_handlers, internal_error_response
 from app.routers import channels, docs, health
 from app.routers.openapi_docs import install_openapi
 from app.runtime import open_runtime
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply.
 
@@ -37,7 +39,12 @@ def tune_garbage_collector() -> None:
 
 
 class RequestIdMiddleware:
-    """Every response carries ``X-Request-ID``: the client's, or a new one (pure ASGI: cheap)."""
+    """Every response carries ``X-Request-ID``: the client's, or a new one (pure ASGI: cheap).
+
+    It also answers an unexpected exception: a JSON 500 with the request id, logged once here
+    with its traceback and the id. Not re-raised, or the server would log it a second time; and
+    Starlette's own handler of last resort runs outside this middleware, without the header.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,15 +59,27 @@ class RequestIdMiddleware:
         ) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [
                     *message["headers"], (b"x-request-id", request_id.encode("latin-1"))
                 ]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started:
+                raise  # too late to answer: the server logs it and drops the connection
+            log.exception(
+                "unexpected error: %s %s (request %s)", scope["method"], scope["path"], request_id
+            )
+            await internal_error_response(request_id)(scope, receive, send_with_id)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -3,9 +3,10 @@
     CHATBOTS_DATABASE_URL=postgresql+asyncpg://... python -m bench.dbmicro [--n 2000] [--json]
 
 Runs each operation ``n`` times, one after another, on the app's own engine settings
-(``app.db.make_engine``: pool_pre_ping on), and prints wall time and this process's CPU time per
-operation (µs). The CPU column is what one service worker pays per statement; multiply by the
-statements of a turn (bench/run.py's SQL trace) to see what bounds a worker's throughput.
+(``app.db.make_engine`` with the settings' pool sizes: no pre-ping), and prints wall time and
+this process's CPU time per operation (µs). The CPU column is what one service worker pays per
+statement; multiply by the statements of a turn (bench/run.py's SQL trace) to see what bounds a
+worker's throughput.
 Needs a migrated database with at least one chatbot (bench/run.py seeds one).
 """
 
@@ -40,12 +41,13 @@ async def measure(n: int) -> list[dict[str, Any]]:
     from app.models import Chatbot
 
     settings = Settings()
-    engine = make_engine(settings.database_url, pool_size=5, max_overflow=0)
+    pool = {"pool_size": settings.database_pool_size, "max_overflow": settings.database_max_overflow}
+    engine = make_engine(settings.database_url, **pool)
     pre_ping = getattr(engine.pool, "_pre_ping", None)  # as the app configures it
     # The same engine with and without pre-ping, for comparison.
-    ping = make_engine(settings.database_url, pool_size=5, max_overflow=0)
+    ping = make_engine(settings.database_url, **pool)
     ping.pool._pre_ping = True
-    no_ping = make_engine(settings.database_url, pool_size=5, max_overflow=0)
+    no_ping = make_engine(settings.database_url, **pool)
     no_ping.pool._pre_ping = False
     sessionmaker = make_sessionmaker(engine)
     url = make_url(settings.database_url)

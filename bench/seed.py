@@ -67,7 +67,11 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
     from app.services import admin
 
     settings = Settings()
-    engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     out: dict[str, Any] = {"users": [], "chatbots": {}}
     try:
         async with make_sessionmaker(engine)() as session:

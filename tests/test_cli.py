@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from typer.testing import CliRunner, Result
 
 from app import cli
@@ -76,9 +76,19 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def engine_for(database_url: str) -> AsyncEngine:
+    """An engine with the service's pool sizes (the settings are their one source)."""
+    settings = Settings(_env_file=None)
+    return make_engine(
+        database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+
+
 def db(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     async def main() -> T:
-        engine = make_engine(database_url)
+        engine = engine_for(database_url)
         try:
             async with make_sessionmaker(engine)() as session:
                 return await work(session)
@@ -593,7 +603,7 @@ def test_ensure_demo_creates_once(env: str) -> None:
     slug = unique("demo")
 
     async def twice() -> tuple[Any, Any, list[int], list[int]]:
-        engine = make_engine(env)
+        engine = engine_for(env)
         try:
             async with make_sessionmaker(engine)() as session:
                 first = await ensure_demo(session, Settings(), team_slug=slug)

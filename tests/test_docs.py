@@ -4,9 +4,13 @@ The browser test runs Debian's chromium headless against a real server process; 
 installs chromium, and the test is skipped only where it is absent (a laptop without it).
 """
 
+import asyncio
+import json
 import shutil
 import subprocess
+from urllib.parse import unquote
 
+import httpx
 import pytest
 
 from tests.server import free_port, serve, wait_for_banner
@@ -21,8 +25,72 @@ async def test_docs_page_uses_local_assets(client):
         asset = await client.get(f"/docs/assets/{name}")
         assert asset.status_code == 200 and kind in asset.headers["content-type"]
         assert len(asset.content) > 10_000
-    missing = await client.get("/docs/assets/../../etc/passwd")
-    assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+
+
+def test_a_client_library_cannot_send_the_traversal():
+    """Why the next test builds its requests itself: httpx (like browsers) resolves dot
+    segments before sending, so a request through it asks for /etc/passwd, never for a path
+    that climbs out of /docs/assets."""
+    assert httpx.URL("http://test/docs/assets/../../etc/passwd").raw_path == b"/etc/passwd"
+
+
+UP = 20  # more levels than the assets folder has above it: every attempt reaches /etc/passwd
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/docs/assets/" + b"../" * UP + b"etc/passwd",
+        b"/docs/assets/" + b"..%2F" * UP + b"etc%2Fpasswd",  # the server decodes %2F in scope["path"]
+        b"/docs/assets/" + b"%2E%2E%2F" * UP + b"etc%2Fpasswd",
+        b"/docs/assets/swagger-ui.css/" + b"../" * UP + b"etc/passwd",
+        b"/docs/assets/..",
+    ],
+    ids=["dot-segments", "encoded-slashes", "encoded-dots", "after-an-asset", "parent"],
+)
+async def test_docs_assets_refuse_path_traversal(app, raw_path):
+    """Sent as a server would pass it on: decoded (``%2F`` is a ``/``), not normalised."""
+    seen: dict[str, object] = {}
+
+    async def recording(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.update(path=scope["path"], raw_path=scope["raw_path"])
+        await app(scope, receive, send)
+
+    status, headers, body = await _raw_get(recording, raw_path)
+    # The request reached the app un-normalised, dot segments and all.
+    assert seen == {"path": unquote(raw_path.decode()), "raw_path": raw_path}
+    assert "/.." in str(seen["path"])
+    assert status == 404 and headers["content-type"] == "application/json", (status, body)
+    assert set(json.loads(body)) == {"detail"}
+    assert b"root:" not in body
+
+
+async def _raw_get(app, raw_path: bytes) -> tuple[int, dict[str, str], bytes]:  # type: ignore[no-untyped-def]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": unquote(raw_path.decode()), "raw_path": raw_path,
+        "query_string": b"", "root_path": "", "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 50000), "server": ("test", 80), "state": {},
+    }  # fmt: skip
+    sent: list[dict] = []  # type: ignore[type-arg]
+    requested, answered = False, asyncio.Event()
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await answered.wait()  # as a server does: nothing more until the client goes away
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    await app(scope, receive, send)
+    headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

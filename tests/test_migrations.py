@@ -8,8 +8,12 @@ from app.migrate import is_at_head
 from app.models import Base
 
 
-async def test_migrated_database_matches_the_models(database_url):
-    engine = make_engine(database_url)
+async def test_migrated_database_matches_the_models(settings):
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     try:
         async with engine.connect() as connection:
             diff = await connection.run_sync(

@@ -19,6 +19,8 @@ from app.stores.base import TurnStore
 INTERACT_SCOPE = "chatbots:interact"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 INVALID_TOKEN = "Invalid token."
+DUPLICATE_CREDENTIAL = "Credential header sent more than once."
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-embed-key")
 
 CredentialKind = Literal["api_key", "oauth", "session", "embed_key"]
 
@@ -56,7 +58,14 @@ def _bearer_token(request: Request) -> str | None:
 
 
 def _presented(request: Request) -> list[tuple[str, Resolver]]:
-    """The credentials a request presents, in the order of precedence."""
+    """The credentials a request presents, in the order of precedence.
+
+    A credential header sent more than once is refused: ``headers.get`` sees only the first
+    copy, while a proxy in front may judge another (or join them), and the two must never
+    disagree about who the caller is.
+    """
+    if any(len(request.headers.getlist(name)) > 1 for name in CREDENTIAL_HEADERS):
+        raise NotAuthenticated(DUPLICATE_CREDENTIAL)
     found: list[tuple[str, Resolver]] = []
     if (token := _bearer_token(request)) is not None:
         found.append((token, _resolve_bearer))

@@ -79,7 +79,11 @@ def run(
     async def main() -> T:
         from app.db import make_engine, make_sessionmaker
 
-        engine = make_engine(settings.database_url, pool_size=1, max_overflow=1)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         try:
             if settings.should_auto_migrate:
                 from app.migrate import upgrade_database

@@ -93,7 +93,11 @@ def db_upgrade(as_json: Json = False) -> None:
     settings = load_settings()
 
     async def main() -> None:
-        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         try:
             await upgrade_database(engine)
         finally:

@@ -3,7 +3,6 @@
 from app.models.base import Base
 from app.models.chatbot import Channel, Chatbot, HistoryMode, LlmProvider, Platform
 from app.models.conversation import (
-    ENDED_STATUSES,
     ChatMessage,
     ChatSession,
     IdempotencyRecord,
@@ -16,7 +15,7 @@ from app.models.conversation import (
 from app.models.team import ApiKey, Membership, Role, Team, User
 
 __all__ = [
-    "ENDED_STATUSES", "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot",
+    "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot",
     "HistoryMode", "IdempotencyRecord", "LlmProvider", "Membership", "MessageRole",
     "Participant", "ParticipantData", "Platform", "Role", "SessionStatus", "SessionWaiter",
     "Team", "User",

@@ -106,7 +106,6 @@ class Chatbot(Base):
 
 
 
-
 class Channel(Base):
     """Connects a chatbot (its head) to a platform. The team's API channel has no chatbot."""
 

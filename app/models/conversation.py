@@ -23,9 +23,6 @@ class SessionStatus(enum.StrEnum):
     complete = "complete"
 
 
-ENDED_STATUSES = (SessionStatus.pending_review, SessionStatus.complete)
-
-
 class MessageRole(enum.StrEnum):
     human = "human"
     ai = "ai"
@@ -143,6 +140,5 @@ class IdempotencyRecord(Base):
     credential: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
-    status_code: Mapped[int | None]
     response: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,16 +6,20 @@ gives the exact statuses: 415 for a non-JSON content type, 413 over the size lim
 fields that fail validation (never FastAPI's 422).
 """
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from app.config import Settings
 from app.errors import BadRequest, DomainError, invalid_body
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class UnsupportedMediaType(DomainError):
@@ -25,6 +29,23 @@ class UnsupportedMediaType(DomainError):
 class PayloadTooLarge(DomainError):
     status_code = 413
     detail = "Request body is too large."
+
+
+class RequestTimeout(DomainError):
+    status_code = 408
+    detail = "Timed out reading the request body."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers = {"Connection": "close"}  # the rest of the body may still arrive
+
+
+class ClientDisconnected(DomainError):
+    """The client went away in the middle of its body: an ordinary event, not a failure. The
+    answer ends the request cleanly; the server drops it, as there is no one to deliver it to."""
+
+    status_code = 400
+    detail = "The client disconnected before sending the whole request body."
 
 
 _MESSAGES = {
@@ -43,18 +64,36 @@ def _is_json(content_type: str) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, read within ``timeout`` seconds (all of it, not each chunk)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        _log_incomplete(request, "timed out reading the body", size, declared)
+        raise RequestTimeout() from None
+    except ClientDisconnect:
+        _log_incomplete(request, "client disconnected", size, declared)
+        raise ClientDisconnected() from None
     return b"".join(chunks)
+
+
+def _log_incomplete(request: Request, what: str, size: int, declared: str | None) -> None:
+    """One INFO line, no traceback: an unfinished body is the client's doing, not a failure."""
+    log.info(
+        "%s after %d of %s body bytes: %s %s (request %s)",
+        what, size, declared or "?", request.method, request.url.path,
+        request.scope.get("state", {}).get("request_id", "-"),
+    )  # fmt: skip
 
 
 def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
@@ -68,7 +107,7 @@ def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
 
 
 async def parse_json_body(request: Request, model: type[M], settings: Settings) -> M:
-    raw = await read_body(request, settings.max_body_bytes)
+    raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     if not raw.strip():
         raw = b"{}"  # no body at all: report the missing fields, whatever the content type
     else:

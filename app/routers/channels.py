@@ -132,8 +132,14 @@ async def new_api_message_versioned(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Send a user's message to one version of the chatbot and get its reply."""
-    if not (version.isascii() and version.isdigit()) or int(version) > MAX_VERSION:
+    # Significant digits counted before converting: int() refuses over 4,300 digits (ValueError).
+    digits = version.lstrip("0") or "0"
+    if (
+        not (version.isascii() and version.isdigit())
+        or len(digits) > len(str(MAX_VERSION))
+        or int(digits) > MAX_VERSION
+    ):
         raise NotFound(f"Chatbot version {version} not found.")
     return await _incoming(
-        db, store, llm, settings, principal, experiment_id, int(version), body, idempotency_key
+        db, store, llm, settings, principal, experiment_id, int(digits), body, idempotency_key
     )

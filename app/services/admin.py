@@ -43,15 +43,12 @@ from app.services.admin_identity import (
     set_user_active,
 )
 
-# ``publish`` in the operator's vocabulary.
-publish = publish_chatbot
-
 __all__ = [
     "ApiKeySummary", "ChannelSummary", "ChatbotSummary", "MemberAdded", "ProviderSummary",
     "archive_chatbot", "create_api_key", "create_channel", "create_chatbot", "create_provider",
     "create_team", "create_user", "find_user", "get_chatbot_head", "get_team", "get_user",
     "list_api_keys", "list_channels", "list_chatbots", "list_providers", "list_teams",
-    "mask_config", "normalize_email", "parse_role", "publish", "publish_chatbot",
+    "mask_config", "normalize_email", "parse_role", "publish_chatbot",
     "remove_member", "revoke_api_key", "set_channel_enabled", "set_user_active",
     "update_chatbot",
 ]  # fmt: skip

@@ -54,7 +54,6 @@ async def run_idempotent(
         raise
     record = await _find(db, credential, key)
     if record is not None:
-        record.status_code = 200
         record.response = body
     await db.commit()
     return body
