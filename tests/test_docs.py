@@ -133,7 +133,7 @@ async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
     schemas = doc["components"]["schemas"]
     assert {"ApiMessage", "ApiResponseMessage", "ApiResponseAttachment"} <= set(schemas)
     assert set(schemas["ApiResponseMessage"]["required"]) == {"response", "attachments", "session_id"}
-    assert {"400", "401", "403", "404", "405", "413", "415", "502", "503", "504"} <= set(plain["responses"])
+    assert {"400", "401", "403", "404", "405", "408", "409", "413", "415", "502", "503", "504"} <= set(plain["responses"])
     assert "422" not in plain["responses"]
     assert doc["components"]["securitySchemes"] == {
         "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},

@@ -93,10 +93,11 @@ async def test_a_client_that_stalls_in_its_body_does_not_stop_other_tenants(
     start_server, db, settings, fake_llm
 ):
     """Headers and the start of a body, then nothing: no transaction (on SQLite, no write
-    lock) may be held while the body is read, so another tenant chats meanwhile."""
+    lock) may be held while the body is read, so another tenant chats meanwhile; the stalled
+    client gets 408 once the body timeout passes."""
     staller = await make_world(db, settings, api_base=fake_llm.base_url)
     other = await make_world(db, settings, api_base=fake_llm.base_url)
-    base = start_server()
+    base = start_server(body_timeout_seconds="3")
     port = int(base.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -115,6 +116,9 @@ async def test_a_client_that_stalls_in_its_body_does_not_stop_other_tenants(
         assert chat.status_code == 200, chat.text
         assert chat.json()["response"] == "echo: still there?"
         assert ready.status_code == 200, ready.text
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 2.5
+        answer = await asyncio.wait_for(reader.read(4096), 10)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"Timed out reading the request body." in answer
     finally:
         writer.close()

@@ -44,7 +44,7 @@ IdempotencyKey = Annotated[
 
 _OPERATION: dict[str, Any] = {
     "response_model": ApiResponseMessage,
-    "responses": error_responses(400, 401, 403, 404, 405, 409, 413, 415, 502, 503, 504),
+    "responses": error_responses(400, 401, 403, 404, 405, 408, 409, 413, 415, 502, 503, 504),
     "openapi_extra": request_body("ApiMessage"),
 }
 

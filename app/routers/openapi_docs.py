@@ -13,6 +13,7 @@ _DESCRIPTIONS = {
     403: "The credential may not do this (read-only key, missing scope, role).",
     404: "No such chatbot, version or session in the credential's team.",
     405: "Method not allowed.",
+    408: "The request body did not arrive within the body timeout.",
     409: "A request with this Idempotency-Key is still in flight.",
     413: "Request body too large.",
     415: "Content type is not JSON.",
