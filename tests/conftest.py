@@ -60,6 +60,25 @@ def db(app):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def ticket_taken(app, monkeypatch):  # type: ignore[no-untyped-def]
+    """An event set when a turn takes a ticket: it found its session busy and now waits (the
+    store's real method runs; only the moment is recorded)."""
+    import asyncio
+
+    store = app.state.runtime.store
+    taken = asyncio.Event()
+    real = store.take_ticket
+
+    async def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ticket = await real(*args, **kwargs)
+        taken.set()
+        return ticket
+
+    monkeypatch.setattr(store, "take_ticket", recorded)
+    return taken
+
+
+@pytest.fixture
 async def world(db, fake_llm, settings):  # type: ignore[no-untyped-def]
     """A fresh team with an admin, a write key and a published chatbot on the fake LLM."""
     from tests.factories import make_world

@@ -144,7 +144,7 @@ async def _set_lease(db, session_id: str, until) -> None:  # type: ignore[no-unt
         await s.commit()
 
 
-async def test_a_lease_held_by_another_process_is_waited_for(client, world, db):
+async def test_a_lease_held_by_another_process_is_waited_for(client, world, db, ticket_taken):
     """Another process mid-turn (its lease set in the database): the turn waits for it."""
     from datetime import timedelta
 
@@ -153,7 +153,8 @@ async def test_a_lease_held_by_another_process_is_waited_for(client, world, db):
     sid = (await client.post(world.url, json={"message": "one"}, headers=world.headers)).json()["session_id"]
     await _set_lease(db, sid, utcnow() + timedelta(seconds=60))
     turn = asyncio.create_task(client.post(world.url, json={"message": "two"}, headers=world.headers))
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(ticket_taken.wait(), 5)  # it found the session busy: it waits
+    await asyncio.sleep(0.05)
     assert not turn.done()  # queued behind the other process's turn
     await _set_lease(db, sid, None)  # that turn ends
     r = await asyncio.wait_for(turn, 5)

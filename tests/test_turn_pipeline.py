@@ -32,7 +32,7 @@ async def test_provider_failure_keeps_the_message_and_frees_the_session(client, 
     assert chat.lease_until is None
 
 
-async def test_a_newcomer_does_not_overtake_a_waiting_turns_ticket(app, client, world, db):
+async def test_a_newcomer_does_not_overtake_a_waiting_turns_ticket(app, client, world, db, ticket_taken):
     """A turn waiting for the session (its ticket, here of another process) goes first: a new
     message must not claim the free lease past it, and writes nothing until it is served."""
     from app.db import utcnow
@@ -42,9 +42,11 @@ async def test_a_newcomer_does_not_overtake_a_waiting_turns_ticket(app, client, 
     async with db() as s:
         chat_id = await s.scalar(select(ChatSession.id).where(ChatSession.external_id == first.json()["session_id"]))
     ticket = await store.take_ticket(chat_id, utcnow())
+    ticket_taken.clear()
     later = asyncio.create_task(client.post(world.url, json={"message": "later"}, headers=world.headers))
-    await asyncio.sleep(0.3)
-    assert not later.done()  # the turn waits its turn behind the ticket
+    await asyncio.wait_for(ticket_taken.wait(), 5)  # its claim failed: it takes a ticket, waits
+    await asyncio.sleep(0.05)
+    assert not later.done()  # the turn waits its turn behind the earlier ticket
     async with db() as s:
         contents = (await s.scalars(select(ChatMessage.content).where(ChatMessage.session_id == chat_id))).all()
     assert sorted(contents) == ["echo: first", "first"]

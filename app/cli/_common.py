@@ -72,29 +72,22 @@ def run(
     work: Callable[["AsyncSession", "Settings"], Awaitable[T]],
     settings: "Settings | None" = None,
 ) -> T:
-    """Run ``work`` in one committed transaction on a fresh engine (migrating the embedded
-    default first, as the service itself would)."""
+    """Run ``work`` in one committed transaction, on the process's runtime (``app.runtime``,
+    as the service builds it), migrating the embedded default first as the service would."""
     settings = settings or load_settings()
 
     async def main() -> T:
-        from app.db import make_engine, make_sessionmaker
+        from app.runtime import open_runtime
 
-        engine = make_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-        )
-        try:
+        async with open_runtime(settings) as runtime:
             if settings.should_auto_migrate:
                 from app.migrate import upgrade_database
 
-                await upgrade_database(engine)
-            async with make_sessionmaker(engine)() as session:
+                await upgrade_database(runtime.engine)
+            async with runtime.sessionmaker() as session:
                 result = await work(session, settings)
                 await session.commit()
                 return result
-        finally:
-            await engine.dispose()
 
     return guarded(lambda: asyncio.run(main()))
 

@@ -17,8 +17,7 @@ import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from app.auth.principal import Principal
 from app.config import Settings
@@ -42,6 +41,7 @@ from app.stores.base import (
     Claim,
     ClaimRequest,
     NewMessage,
+    ProviderConfig,
     SessionKey,
     SessionUpdate,
     StoredMessage,
@@ -111,7 +111,6 @@ async def run_turn(
         external_id=request.session_external_id,
     )
 
-
     async def find_participant() -> int | None:  # after losing a race to create it
         again = await store.load_target(principal.team_id, public_id, None, principal.user_email or "")
         return again.participant_id if again is not None else None
@@ -139,7 +138,7 @@ async def _answer(
     store: TurnStore,
     llm: LlmClient,
     settings: Settings,
-    provider: Any,
+    provider: ProviderConfig | None,
     bot: BotConfig,
     claim: Claim,
     message: str,
@@ -148,9 +147,9 @@ async def _answer(
     session_id = claim.external_id
     user_text: str | None = message
     if bot.has_consent and claim.status in CONSENT_PENDING:
-        consent = await _consent_step(store, bot, claim, message)
-        if consent.reply is not None:
-            return TurnResult(consent.reply, session_id)
+        consent_reply = await _consent_step(store, bot, claim, message)
+        if consent_reply is not None:
+            return TurnResult(consent_reply, session_id)
         # Consent given: answer the participant's first message (in the history), or the seed.
         user_text = bot.seed_message or None
     config = llm_config_for(bot, provider, settings.effective_secret_key, session_id)
@@ -185,14 +184,11 @@ async def _answer(
     return TurnResult(completion.text, session_id)
 
 
-@dataclass(frozen=True)
-class _Consent:
-    reply: str | None  # the consent prompt to send; None: consent was just given
-
-
-async def _consent_step(store: TurnStore, bot: BotConfig, claim: Claim, message: str) -> _Consent:
-    """Conversational consent (SPEC §5.3). The first message is kept visible: it is answered
-    after consent; the consent exchange itself is hidden from the model."""
+async def _consent_step(store: TurnStore, bot: BotConfig, claim: Claim, message: str) -> str | None:
+    """Conversational consent (SPEC §5.3): the consent prompt to send, or None once the
+    participant has just consented (the lease is then still held for the answer). The first
+    message is kept visible: it is answered after consent; the consent exchange itself is
+    hidden from the model."""
     consent_prompt = f"{bot.consent_text}\n\n{bot.confirmation_text or ''}".rstrip()
     ask_again = NewMessage(MessageRole.ai, consent_prompt, version_label=bot.version_label,
                            hidden=True)  # fmt: skip
@@ -213,7 +209,7 @@ async def _consent_step(store: TurnStore, bot: BotConfig, claim: Claim, message:
     update = SessionUpdate(status, now, claim.versions_seen, claim.summary,
                            claim.summary_until_id, release=reply is not None)  # fmt: skip
     await store.save(claim.id, messages, update, now)
-    return _Consent(reply)
+    return reply
 
 
 async def _claim(
@@ -281,7 +277,7 @@ async def _wait_and_claim(store: TurnStore, settings: Settings, ask: ClaimReques
             await released.wait((deadline - now).total_seconds())
 
 
-def _lease_end(settings: Settings, now: Any) -> Any:
+def _lease_end(settings: Settings, now: datetime) -> datetime:
     return now + timedelta(seconds=settings.session_lease_seconds)
 
 
