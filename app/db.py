@@ -1,9 +1,8 @@
 """Engine, sessions and the few dialect differences between PostgreSQL and SQLite."""
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import asyncpg
 import orjson
@@ -11,6 +10,9 @@ from fastapi import Depends, Request
 from sqlalchemy import event, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 T = TypeVar("T")
 # Execution option of connections that only read: on SQLite they begin a deferred transaction,
@@ -40,6 +42,15 @@ def make_engine(url: str, *, pool_size: int, max_overflow: int) -> AsyncEngine:
     # recovers on its own once the database is back.
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800, **_JSON
+    )
+
+
+def engine_for(settings: "Settings") -> AsyncEngine:
+    """The engine the settings describe: the one place pool sizes come from."""
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
     )
 
 

@@ -18,7 +18,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import driver_dsn, make_driver_pool, make_engine, make_sessionmaker
+from app.db import driver_dsn, engine_for, make_driver_pool, make_sessionmaker
 from app.llm import LlmClient
 from app.llm.http import make_http_client
 from app.stores.base import TurnStore
@@ -40,11 +40,7 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Build the resources for one process; everything is closed on exit."""
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-    )
+    engine = engine_for(settings)
     driver_pool = await make_driver_pool(settings.database_url, settings.database_pool_size)
     listener: SessionListener | None = None
     store: TurnStore

@@ -63,15 +63,11 @@ async def add_users_bulk(session: Any, team: str, emails: list[str]) -> list[str
 
 async def seed(args: argparse.Namespace) -> dict[str, Any]:
     from app.config import Settings
-    from app.db import make_engine, make_sessionmaker
+    from app.db import engine_for, make_sessionmaker
     from app.services import admin
 
     settings = Settings()
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-    )
+    engine = engine_for(settings)
     out: dict[str, Any] = {"users": [], "chatbots": {}}
     try:
         async with make_sessionmaker(engine)() as session:

@@ -3,17 +3,13 @@
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from app.db import make_engine
+from app.db import engine_for
 from app.migrate import is_at_head
 from app.models import Base
 
 
 async def test_migrated_database_matches_the_models(settings):
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-    )
+    engine = engine_for(settings)
     try:
         async with engine.connect() as connection:
             diff = await connection.run_sync(

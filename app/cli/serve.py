@@ -87,17 +87,13 @@ def db_upgrade(as_json: Json = False) -> None:
     """Upgrade the database schema to the latest revision (safe to repeat)."""
     from sqlalchemy.engine import make_url
 
-    from app.db import make_engine
+    from app.db import engine_for
     from app.migrate import upgrade_database
 
     settings = load_settings()
 
     async def main() -> None:
-        engine = make_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-        )
+        engine = engine_for(settings)
         try:
             await upgrade_database(engine)
         finally:

@@ -280,18 +280,8 @@ class PostgresStore:
             row = await statement.fetchrow(conn, st.claim_params(request))
         if row is None:
             return None
-        return Claim(
-            id=row["id"],
-            external_id=row["external_id"],
-            participant_id=row["participant_id"],
-            status=row["status"],
-            state=row["state"],
-            versions_seen=row["versions_seen"],
-            summary=row["summary"],
-            summary_until_id=row["summary_until_id"],
-            history=[StoredMessage(m[0], m[1], m[2]) for m in row["history"]],
-            participant_data=row["participant_data"] or {},
-        )
+        history = [StoredMessage(m[0], m[1], m[2]) for m in row["history"]]
+        return st.claim_from_row(row, history, row["participant_data"])
 
     async def take_ticket(self, session_id: int, now: datetime) -> int:
         async with self._connection() as conn:
@@ -330,19 +320,13 @@ class PostgresStore:
         self, session_id: int, messages: Sequence[NewMessage], update: SessionUpdate, now: datetime
     ) -> None:
         params = {
-            "session_id": session_id,
+            **st.update_params(session_id, update),
             "now": now,
             "messages": [
                 {"role": m.role, "content": m.content, "metadata": m.metadata,
                  "version_label": m.version_label, "hidden": m.hidden}  # fmt: skip
                 for m in messages
             ],
-            "status": update.status,
-            "last_activity_at": update.last_activity_at,
-            "versions_seen": update.versions_seen,
-            "summary": update.summary,
-            "summary_until_id": update.summary_until_id,
-            "release": update.release,
         }
         async with self._connection() as conn:
             await _SAVE.execute(conn, params)

@@ -102,18 +102,7 @@ class SqlAlchemyStore:
                     insert(st.MESSAGE),
                     st.message_values(session["id"], NewMessage("human", request.human), request.now),
                 )
-        return Claim(
-            id=session["id"],
-            external_id=session["external_id"],
-            participant_id=session["participant_id"],
-            status=session["status"],
-            state=session["state"],
-            versions_seen=session["versions_seen"],
-            summary=session["summary"],
-            summary_until_id=session["summary_until_id"],
-            history=history,
-            participant_data=data or {},
-        )
+        return st.claim_from_row(session, history, data)
 
     async def _claim_or_create(
         self, conn: AsyncConnection, request: ClaimRequest, params: dict[str, Any]
@@ -198,18 +187,7 @@ class SqlAlchemyStore:
                 await conn.execute(
                     insert(st.MESSAGE), [st.message_values(session_id, m, now) for m in messages]
                 )
-            await conn.execute(
-                st.UPDATE_SESSION,
-                {
-                    "session_id": session_id,
-                    "status": update.status,
-                    "last_activity_at": update.last_activity_at,
-                    "versions_seen": update.versions_seen,
-                    "summary": update.summary,
-                    "summary_until_id": update.summary_until_id,
-                    "release": update.release,
-                },
-            )
+            await conn.execute(st.UPDATE_SESSION, st.update_params(session_id, update))
 
     async def release(self, session_id: int) -> None:
         async with self._write() as conn:

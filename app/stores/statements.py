@@ -42,7 +42,15 @@ from app.models import (
     SessionWaiter,
     User,
 )
-from app.stores.base import BOT_FIELDS, ApiChannel, BotConfig, ProviderConfig, StoredMessage, TurnTarget
+from app.stores.base import (
+    BOT_FIELDS,
+    ApiChannel,
+    BotConfig,
+    Claim,
+    ProviderConfig,
+    StoredMessage,
+    TurnTarget,
+)
 
 SESSION = ChatSession.__table__
 _TIME = ChatSession.__table__.c.created_at.type
@@ -342,6 +350,37 @@ PARTICIPANT_DATA_OF = select(PARTICIPANT_DATA.c.data).where(
     PARTICIPANT_DATA.c.participant_id == bindparam("p_participant_id", type_=Integer),
     PARTICIPANT_DATA.c.chatbot_id == bindparam("p_chatbot_id", type_=Integer),
 )
+
+
+def claim_from_row(
+    session: Mapping[str, Any], history: list[StoredMessage], participant_data: Any
+) -> Claim:
+    """A claim from a row of ``SESSION_COLUMNS`` and what was read with it."""
+    return Claim(
+        id=session["id"],
+        external_id=session["external_id"],
+        participant_id=session["participant_id"],
+        status=session["status"],
+        state=session["state"],
+        versions_seen=session["versions_seen"],
+        summary=session["summary"],
+        summary_until_id=session["summary_until_id"],
+        history=history,
+        participant_data=participant_data or {},
+    )
+
+
+def update_params(session_id: int, update: Any) -> dict[str, Any]:
+    """The bind values of ``UPDATE_SESSION`` for a ``SessionUpdate``."""
+    return {
+        "session_id": session_id,
+        "status": update.status,
+        "last_activity_at": update.last_activity_at,
+        "versions_seen": update.versions_seen,
+        "summary": update.summary,
+        "summary_until_id": update.summary_until_id,
+        "release": update.release,
+    }
 
 
 def stored_messages(rows: Any) -> list[StoredMessage]:
