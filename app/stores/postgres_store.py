@@ -230,6 +230,15 @@ def _save_statement() -> CompiledStatement:
     return CompiledStatement(st.UPDATE_SESSION.add_cte(stored).returning(notify))
 
 
+def _reset_statement() -> CompiledStatement:
+    """One statement: end the session (notifying its waiters) and open the next one. The insert
+    reads the ended row first, so the old session is no longer open (in the partial unique
+    index's sense) when the new one is checked against it."""
+    ended = st.END_SESSION.returning(S.c.id, _notify()).cte("ended")
+    participant = bindparam("p_participant_id", type_=Integer)
+    return CompiledStatement(_create_session(participant, exists(select(ended.c.id))))
+
+
 class PostgresStore:
     def __init__(self, pool: asyncpg.Pool, listener: "SessionListener") -> None:
         self.pool = pool
@@ -337,11 +346,10 @@ class PostgresStore:
 
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
         params = {**st.reset_params(request), "session_id": session_id, "status": ended_status}
-        async with self._connection() as conn, conn.transaction():
-            await _END_SESSION.execute(conn, params)
-            row = await _OPEN_NEW_SESSION.fetchrow(conn, params)
-            if row is None:  # roll the end back too: the participant keeps an open session
-                raise RuntimeError("reset: the new session could not be created")
+        async with self._connection() as conn:
+            row = await _RESET.fetchrow(conn, params)
+        if row is None:  # cannot happen while the caller holds the lease of the open session
+            raise RuntimeError("reset: the new session could not be created")
         return row["external_id"]
 
 
@@ -437,5 +445,4 @@ _SESSION_ENDED_AT = CompiledStatement(st.SESSION_ENDED_AT)
 _UNSUMMARIZED = CompiledStatement(st.UNSUMMARIZED)
 _SAVE = _save_statement()
 _RELEASE = CompiledStatement(st.RELEASE.returning(_notify()))
-_END_SESSION = CompiledStatement(st.END_SESSION.returning(_notify()))
-_OPEN_NEW_SESSION = CompiledStatement(_create_session(bindparam("p_participant_id", type_=Integer)))
+_RESET = _reset_statement()
