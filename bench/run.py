@@ -21,8 +21,8 @@ What it does, stopping everything it started in the end (try/finally, process gr
    RSS of the service and the CPU of each process; each trial ends with the fresh scenario:
    at concurrency 1 and 64, LLM latency 0, a new user (participant, session) on every request,
    then the same users' second messages (ratio of req/s fresh/returning, added p50 vs the floor);
-6. history: one user's session gets 5,000 messages by a bulk INSERT; its p50 at concurrency 1
-   vs a fresh user's (alternating rounds);
+6. history: one user's session gets 5,000 messages by a bulk INSERT, then ``VACUUM ANALYZE``;
+   its p50 at concurrency 1 vs a fresh user's (alternating rounds);
 7. an SQL trace of single turns (PostgreSQL ``log_min_duration_statement=0``: statements and
    server time per turn), the client-side CPU of one statement by layer (``bench/dbmicro.py``:
    raw asyncpg vs SQLAlchemy Core vs ORM) and, when py-spy is found (PATH, the venv,
