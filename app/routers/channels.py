@@ -6,10 +6,9 @@ from fastapi import APIRouter, Depends, Header, Path
 
 from app.auth.principal import PrincipalDep, require_interact
 from app.config import Settings
-from app.db import SessionDep
 from app.errors import NotFound
 from app.routers.body import json_body, nul_characters
-from app.routers.deps import LlmDep, SettingsDep, StoreDep
+from app.routers.deps import LlmDep, SessionmakerDep, SettingsDep, StoreDep
 from app.routers.openapi_docs import error_responses, request_body
 from app.schemas import ApiMessage, ApiResponseMessage
 from app.services.idempotency import request_fingerprint, run_idempotent
@@ -50,7 +49,7 @@ _OPERATION: dict[str, Any] = {
 
 
 async def _incoming(
-    db: SessionDep,
+    sessions: SessionmakerDep,
     store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
@@ -73,16 +72,17 @@ async def _incoming(
 
     if idempotency_key is None:
         return await turn()
-    return await run_idempotent(
-        db,
-        credential=principal.credential_id,
-        key=idempotency_key,
-        fingerprint=request_fingerprint(
-            f"{experiment_id}/{version}", body.model_dump(mode="json")
-        ),
-        stale_after=settings.session_lease_seconds,
-        operation=turn,
-    )
+    async with sessions() as db:  # only here: a turn itself runs on the store
+        return await run_idempotent(
+            db,
+            credential=principal.credential_id,
+            key=idempotency_key,
+            fingerprint=request_fingerprint(
+                f"{experiment_id}/{version}", body.model_dump(mode="json")
+            ),
+            stale_after=settings.session_lease_seconds,
+            operation=turn,
+        )
 
 
 @router.post(
@@ -95,7 +95,7 @@ async def _incoming(
 async def new_api_message(
     principal: PrincipalDep,
     body: ApiMessageBody,
-    db: SessionDep,
+    sessions: SessionmakerDep,
     store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
@@ -103,7 +103,7 @@ async def new_api_message(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Send a user's message to the chatbot's published version and get its reply."""
-    return await _incoming(db, store, llm, settings, principal, experiment_id, None, body, idempotency_key)
+    return await _incoming(sessions, store, llm, settings, principal, experiment_id, None, body, idempotency_key)
 
 
 @router.post(
@@ -116,7 +116,7 @@ async def new_api_message(
 async def new_api_message_versioned(
     principal: PrincipalDep,
     body: ApiMessageBody,
-    db: SessionDep,
+    sessions: SessionmakerDep,
     store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
@@ -141,5 +141,5 @@ async def new_api_message_versioned(
     ):
         raise NotFound(f"Chatbot version {version} not found.")
     return await _incoming(
-        db, store, llm, settings, principal, experiment_id, int(digits), body, idempotency_key
+        sessions, store, llm, settings, principal, experiment_id, int(digits), body, idempotency_key
     )

@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.llm import LlmClient
@@ -21,6 +22,12 @@ async def get_store(request: Request) -> TurnStore:
     return request.app.state.runtime.store
 
 
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    """For a route that needs a SQLAlchemy session only sometimes (a turn runs on the store)."""
+    return request.app.state.sessionmaker
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 LlmDep = Annotated[LlmClient, Depends(get_llm)]
 StoreDep = Annotated[TurnStore, Depends(get_store)]
+SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]

@@ -106,9 +106,9 @@ class ClaimRequest:
     session (``external_id``), else the participant's open session — created, with the
     participant (``participant_id`` None) and its data row, when there is none. It is claimed
     only if no turn holds its lease and no turn waiting for it has an earlier ticket than
-    ``ticket`` (any live ticket, for a turn without one: it must not overtake them). ``human`` is stored unless the bot asks for consent
-    (``consent``) and the session has not given it yet (status ``setup``/``pending``): the
-    pipeline's consent step stores it then.
+    ``ticket`` (for a turn without one: any live ticket; it must not overtake them).
+    ``human`` is stored unless the bot asks for consent (``consent``) and the session has not
+    given it yet (status ``setup``/``pending``): the pipeline's consent step stores it then.
     """
 
     key: SessionKey

@@ -113,50 +113,55 @@ def _create_participant_data(participant_id: Any, *where: Any) -> Any:
     ).on_conflict_do_nothing()
 
 
-def _claim_statement(kind: str) -> CompiledStatement:
-    """One statement: claim (or create) the session, store the human message, read the history
-    (a CTE's snapshot: the new message is not in it) and the participant's data.
+_PARTICIPANT = bindparam("p_participant_id", type_=Integer)
 
-    ``by_id``: the session a waiting turn queued for. ``owner``: the named or the open session
-    of a known participant, created when there is no open one. ``first_contact``: the
-    participant, its data row and its session are created."""
-    participant: Any = bindparam("p_participant_id", type_=Integer)
-    ctes: list[Any] = []
-    if kind == "by_id":
-        session = st.CLAIM_BY_ID.cte("claimed")
-        ctes.append(st.DROP_TICKET.where(exists(select(session.c.id))).cte("served"))
-    elif kind == "owner":
-        claimed = st.CLAIM_OWNER.cte("claimed")
-        none_claimed = ~exists(select(claimed.c.id))
-        created = _create_session(
-            participant, bindparam("p_external_id", type_=String).is_(None), none_claimed
-        ).cte("created")
-        has_data = st.PARTICIPANT_DATA_OF.exists()
-        ctes.append(
-            _create_participant_data(
-                participant, exists(select(created.c.id)), ~has_data
-            ).cte("data")
+
+def _claimed_by_id() -> tuple[Any, list[Any]]:
+    """The session a waiting turn queued for, claimed by id; the claim uses its ticket up."""
+    session = st.CLAIM_BY_ID.cte("claimed")
+    return session, [st.DROP_TICKET.where(exists(select(session.c.id))).cte("served")]
+
+
+def _claimed_or_created() -> tuple[Any, list[Any]]:
+    """The named or the open session of a known participant; when there is no open one (and
+    none is named), a new one, with the participant's data row for this chatbot if missing."""
+    claimed = st.CLAIM_OWNER.cte("claimed")
+    none_claimed = ~exists(select(claimed.c.id))
+    unnamed = bindparam("p_external_id", type_=String).is_(None)
+    created = _create_session(_PARTICIPANT, unnamed, none_claimed).cte("created")
+    data = _create_participant_data(
+        _PARTICIPANT, exists(select(created.c.id)), ~st.PARTICIPANT_DATA_OF.exists()
+    ).cte("data")
+    return union_all(select(claimed), select(created)).cte("session"), [data]
+
+
+def _first_contact() -> tuple[Any, list[Any]]:
+    """A new participant, its data row and its session (nothing if a concurrent first message
+    created the participant: the caller starts again with it)."""
+    new = (
+        pg_insert(st.PARTICIPANT)
+        .values(
+            team_id=bindparam("p_team_id", type_=Integer),
+            platform=bindparam("p_platform", type_=String),
+            identifier=bindparam("identifier", type_=String),
+            user_id=bindparam("user_id", type_=Integer),
+            name="",
+            public_id=bindparam("new_participant_public_id"),
+            created_at=st.NOW,
         )
-        session = union_all(select(claimed), select(created)).cte("session")
-    else:
-        new = (
-            pg_insert(st.PARTICIPANT)
-            .values(
-                team_id=bindparam("p_team_id", type_=Integer),
-                platform=bindparam("p_platform", type_=String),
-                identifier=bindparam("identifier", type_=String),
-                user_id=bindparam("user_id", type_=Integer),
-                name="",
-                public_id=bindparam("new_participant_public_id"),
-                created_at=st.NOW,
-            )
-            .on_conflict_do_nothing()  # a concurrent first message created it: start again
-            .returning(st.PARTICIPANT.c.id)
-            .cte("participant")
-        )
-        participant = select(new.c.id).scalar_subquery()
-        session = _create_session(participant, exists(select(new.c.id))).cte("session")
-        ctes.append(_create_participant_data(participant, exists(select(new.c.id))).cte("data"))
+        .on_conflict_do_nothing()
+        .returning(st.PARTICIPANT.c.id)
+        .cte("participant")
+    )
+    participant, created = select(new.c.id).scalar_subquery(), exists(select(new.c.id))
+    session = _create_session(participant, created).cte("session")
+    return session, [_create_participant_data(participant, created).cte("data")]
+
+
+def _claim_statement(found: tuple[Any, list[Any]], new_participant: bool = False) -> CompiledStatement:
+    """One statement: the session ``found`` claims (or creates), the human message stored, the
+    history read (a CTE's snapshot: the new message is not in it) and the participant's data."""
+    session, ctes = found
     human = insert(M).from_select(
         ["session_id", "role", "content", "metadata", "version_label", "hidden", "created_at"],
         select(
@@ -192,9 +197,7 @@ def _claim_statement(kind: str) -> CompiledStatement:
             literal_column("'[]'::json"),
         )
     ).scalar_subquery()
-    data = st.PARTICIPANT_DATA_OF.scalar_subquery()
-    if kind == "first_contact":
-        data = _json({})
+    data = _json({}) if new_participant else st.PARTICIPANT_DATA_OF.scalar_subquery()
     statement = select(
         *(session.c[c.name] for c in st.SESSION_COLUMNS),
         history.label("history"),
@@ -235,8 +238,7 @@ def _reset_statement() -> CompiledStatement:
     reads the ended row first, so the old session is no longer open (in the partial unique
     index's sense) when the new one is checked against it."""
     ended = st.END_SESSION.returning(S.c.id, _notify()).cte("ended")
-    participant = bindparam("p_participant_id", type_=Integer)
-    return CompiledStatement(_create_session(participant, exists(select(ended.c.id))))
+    return CompiledStatement(_create_session(_PARTICIPANT, exists(select(ended.c.id))))
 
 
 class PostgresStore:
@@ -435,9 +437,9 @@ _CREATE_API_CHANNEL = CompiledStatement(
     .on_conflict_do_nothing()
 )
 _FIND_API_CHANNEL = CompiledStatement(st.FIND_API_CHANNEL)
-_CLAIM_BY_ID = _claim_statement("by_id")
-_CLAIM_OWNER = _claim_statement("owner")
-_CLAIM_FIRST_CONTACT = _claim_statement("first_contact")
+_CLAIM_BY_ID = _claim_statement(_claimed_by_id())
+_CLAIM_OWNER = _claim_statement(_claimed_or_created())
+_CLAIM_FIRST_CONTACT = _claim_statement(_first_contact(), new_participant=True)
 _FIND_SESSION = CompiledStatement(st.FIND_SESSION)
 _TAKE_TICKET = CompiledStatement(st.TAKE_TICKET)
 _DROP_TICKET = CompiledStatement(st.DROP_TICKET)

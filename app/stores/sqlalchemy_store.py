@@ -159,7 +159,8 @@ class SqlAlchemyStore:
         if participant_id is None:
             return None
         async with self._read() as conn:
-            row = (await conn.execute(st.FIND_SESSION, st.owner_params(key, participant_id, external_id))).first()
+            params = st.owner_params(key, participant_id, external_id)
+            row = (await conn.execute(st.FIND_SESSION, params)).first()
         return None if row is None else SessionFound(row.id, row.ended_at is not None)
 
     async def session_ended(self, session_id: int) -> bool:
