@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from sqlalchemy import delete, func, select, update
 
+from app.crypto import sha256_hex
 from app.db import driver_dsn, make_driver_pool, make_engine, utcnow
 from app.models import (
     ApiKey,
@@ -56,6 +57,7 @@ from app.stores.sqlalchemy_store import SqlAlchemyStore
 from tests.factories import World, add_key, add_user, make_world
 
 LEASE = timedelta(seconds=60)
+MINUTE = timedelta(minutes=1)
 
 
 # --- Stores -------------------------------------------------------------------------------------
@@ -867,13 +869,18 @@ async def key_row(db: Any, prefix: str) -> ApiKey:
         return await s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
 
 
-async def test_find_api_key_joins_the_user_and_the_membership(store: TurnStore, db: Any, world: World) -> None:
+async def use_key(store: TurnStore, key: str, now: Any = None, key_hash: str | None = None) -> Any:
+    now = now or utcnow()
+    return await store.use_api_key(prefix_of(key), key_hash or sha256_hex(key), now, now - MINUTE)
+
+
+async def test_use_api_key_joins_the_user_and_the_membership(store: TurnStore, db: Any, world: World) -> None:
     row = await key_row(db, prefix_of(world.key))
-    assert await store.find_api_key(prefix_of(world.key)) == ApiKeyRecord(
+    assert await use_key(store, world.key, key_hash="not the key's") == ApiKeyRecord(
         row.id, world.team.id, world.user.id, row.key_hash, False, None, None, None, True,
         world.user.email, "admin",
     )  # fmt: skip
-    assert await store.find_api_key("nosuchpx") is None
+    assert await store.use_api_key("nosuchpx", "x", utcnow(), utcnow()) is None
 
     expires, revoked = utcnow() + timedelta(days=1), utcnow() - timedelta(hours=1)
     async with db() as s:
@@ -882,24 +889,29 @@ async def test_find_api_key_joins_the_user_and_the_membership(store: TurnStore, 
         await s.execute(delete(Membership).where(Membership.user_id == outsider.id))
         await s.execute(update(User).where(User.id == outsider.id).values(is_active=False))
         await s.commit()
-    record = await store.find_api_key(prefix_of(key))
+    record = await use_key(store, key)
     assert (record.user_id, record.email, record.role, record.is_active) == (outsider.id, outsider.email, None, False)
     assert (record.read_only, record.expires_at, record.revoked_at) == (True, expires, revoked)
+    assert (await key_row(db, prefix_of(key))).last_used_at is None  # not valid: no use recorded
 
 
-async def test_record_key_use_writes_only_when_not_used_since(store: TurnStore, db: Any, world: World) -> None:
-    prefix, minute = prefix_of(world.key), timedelta(minutes=1)
-    key_id = (await key_row(db, prefix)).id
-    t = utcnow()
-    await store.record_key_use(key_id, t, t - minute)  # never used: written
+async def test_use_api_key_records_a_valid_keys_use_once_a_minute(store: TurnStore, db: Any, world: World) -> None:
+    prefix, t = prefix_of(world.key), utcnow()
+    await use_key(store, world.key, t, key_hash="a wrong secret's hash")
+    assert (await key_row(db, prefix)).last_used_at is None  # the presented key is not this one
+
+    assert (await use_key(store, world.key, t)).last_used_at is None  # as it was: written now
     assert (await key_row(db, prefix)).last_used_at == t
-    assert (await store.find_api_key(prefix)).last_used_at == t
-
-    await store.record_key_use(key_id, t + minute / 2, t - minute / 2)  # used since: not written
+    await use_key(store, world.key, t + MINUTE / 2)  # used within the minute: not written
     assert (await key_row(db, prefix)).last_used_at == t
+    await use_key(store, world.key, t + 2 * MINUTE)  # a minute later: written
+    assert (await key_row(db, prefix)).last_used_at == t + 2 * MINUTE
 
-    await store.record_key_use(key_id, t + 2 * minute, t + minute)  # used before: written
-    assert (await key_row(db, prefix)).last_used_at == t + 2 * minute
+    async with db() as s:  # a revoked key's use is never recorded
+        await s.execute(update(ApiKey).where(ApiKey.prefix == prefix).values(revoked_at=t))
+        await s.commit()
+    await use_key(store, world.key, t + 4 * MINUTE)
+    assert (await key_row(db, prefix)).last_used_at == t + 2 * MINUTE
 
 
 # --- watch_releases -----------------------------------------------------------------------------

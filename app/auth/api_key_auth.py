@@ -3,7 +3,8 @@
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from app.auth.api_keys import key_matches, split_prefix
+from app.auth.api_keys import split_prefix
+from app.crypto import constant_time_equal, sha256_hex
 from app.db import utcnow
 from app.errors import NotAuthenticated
 from app.models import Role
@@ -23,12 +24,14 @@ async def resolve_api_key(store: TurnStore, raw_key: str) -> "Principal | None":
     prefix = split_prefix(raw_key)
     if prefix is None:
         return None
-    key = await store.find_api_key(prefix)
+    # The key's use (last_used_at, at most one write a minute) is recorded by the same round
+    # trip, and only if the presented key is valid: no transaction is left open for the body.
+    now, presented = utcnow(), sha256_hex(raw_key)
+    key = await store.use_api_key(prefix, presented, now, now - LAST_USED_RESOLUTION)
     if key is None:
         return None
-    now = utcnow()
     if (
-        not key_matches(raw_key, key.key_hash)
+        not constant_time_equal(presented, key.key_hash)
         or key.revoked_at is not None
         or (key.expires_at is not None and key.expires_at <= now)
     ):
@@ -37,10 +40,6 @@ async def resolve_api_key(store: TurnStore, raw_key: str) -> "Principal | None":
         raise NotAuthenticated("User inactive or deleted.")
     if key.role is None:
         raise NotAuthenticated("Incorrect authentication credentials.")
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-        # At most one write a minute per key, not one per request; its own short write, so
-        # no transaction stays open while the request's body is read.
-        await store.record_key_use(key.id, now, now - LAST_USED_RESOLUTION)
     return Principal(
         kind="api_key",
         team_id=key.team_id,

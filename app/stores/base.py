@@ -205,11 +205,12 @@ class ReleaseSignal(Protocol):
 
 
 class TurnStore(Protocol):
-    async def find_api_key(self, prefix: str) -> ApiKeyRecord | None:
-        """The key with this prefix, its user and membership; a read that takes no lock."""
-
-    async def record_key_use(self, key_id: int, now: datetime, not_since: datetime) -> None:
-        """Set the key's last_used_at to ``now`` unless it was set after ``not_since``."""
+    async def use_api_key(
+        self, prefix: str, key_hash: str, now: datetime, not_since: datetime
+    ) -> ApiKeyRecord | None:
+        """The key with this prefix, its user and membership (read without a lock); and its use
+        recorded (``last_used_at = now``) if ``key_hash`` is the key's, the key is valid and it
+        was not used since ``not_since``. On PostgreSQL both in one round trip."""
 
     async def load_target(
         self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str

@@ -258,14 +258,13 @@ class PostgresStore:
             await self.pool.expire_connections()
             raise ServiceUnavailable() from exc
 
-    async def find_api_key(self, prefix: str) -> ApiKeyRecord | None:
+    async def use_api_key(
+        self, prefix: str, key_hash: str, now: datetime, not_since: datetime
+    ) -> ApiKeyRecord | None:
+        params = {"p_prefix": prefix, "p_key_hash": key_hash, "now": now, "not_since": not_since}
         async with self._connection() as conn:
-            row = await _KEY.fetchrow(conn, {"prefix": prefix})
+            row = await _USE_KEY.fetchrow(conn, params)
         return None if row is None else ApiKeyRecord(*row)
-
-    async def record_key_use(self, key_id: int, now: datetime, not_since: datetime) -> None:
-        async with self._connection() as conn:
-            await _RECORD_KEY_USE.execute(conn, {"key_id": key_id, "now": now, "not_since": not_since})
 
     async def load_target(
         self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str
@@ -419,8 +418,8 @@ class _Released:
         self.event.clear()
 
 
-_KEY = CompiledStatement(st.KEY_WITH_MEMBERSHIP)
-_RECORD_KEY_USE = CompiledStatement(st.RECORD_KEY_USE)
+# The key's row as it was (the CTE's snapshot) and its use recorded, in one statement.
+_USE_KEY = CompiledStatement(st.KEY_WITH_MEMBERSHIP.add_cte(st.RECORD_KEY_USE.cte("used")))
 _TARGET = CompiledStatement(st.TARGET)
 _CREATE_API_CHANNEL = CompiledStatement(
     pg_insert(st.CHANNEL)

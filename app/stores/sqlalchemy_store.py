@@ -56,14 +56,19 @@ class SqlAlchemyStore:
         dialect = {"postgresql": postgresql, "sqlite": sqlite}[conn.dialect.name]
         return dialect.insert(table).on_conflict_do_nothing()
 
-    async def find_api_key(self, prefix: str) -> ApiKeyRecord | None:
+    async def use_api_key(
+        self, prefix: str, key_hash: str, now: datetime, not_since: datetime
+    ) -> ApiKeyRecord | None:
         async with self._read() as conn:
-            row = (await conn.execute(st.KEY_WITH_MEMBERSHIP, {"prefix": prefix})).first()
-        return None if row is None else ApiKeyRecord(*row)
-
-    async def record_key_use(self, key_id: int, now: datetime, not_since: datetime) -> None:
-        async with self._write() as conn:
-            await conn.execute(st.RECORD_KEY_USE, {"key_id": key_id, "now": now, "not_since": not_since})
+            row = (await conn.execute(st.KEY_WITH_MEMBERSHIP, {"p_prefix": prefix})).first()
+        if row is None:
+            return None
+        key = ApiKeyRecord(*row)
+        if key.last_used_at is None or key.last_used_at < not_since:  # due: write (if valid)
+            params = {"p_prefix": prefix, "p_key_hash": key_hash, "now": now, "not_since": not_since}
+            async with self._write() as conn:
+                await conn.execute(st.RECORD_KEY_USE, params)
+        return key
 
     async def load_target(
         self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str

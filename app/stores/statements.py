@@ -77,16 +77,31 @@ KEY_WITH_MEMBERSHIP = (
         Membership,
         (Membership.team_id == ApiKey.team_id) & (Membership.user_id == ApiKey.user_id),
     )
-    .where(ApiKey.prefix == bindparam("prefix", type_=String))
+    .where(ApiKey.prefix == bindparam("p_prefix", type_=String))
 )
+# A key's use, recorded at most once a minute (SPEC §4.2), and only for the presented key when it
+# is valid: its hash, not revoked or expired, its user an active member of its team.
 RECORD_KEY_USE = (
     update(ApiKey)
     .where(
-        ApiKey.id == bindparam("key_id", type_=Integer),
+        ApiKey.prefix == bindparam("p_prefix", type_=String),
+        ApiKey.key_hash == bindparam("p_key_hash", type_=String),
+        ApiKey.revoked_at.is_(None),
+        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > NOW),
         or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < bindparam("not_since", type_=_TIME)),
+        exists(
+            select(Membership.id)
+            .join(User, User.id == Membership.user_id)
+            .where(
+                Membership.team_id == ApiKey.team_id,
+                Membership.user_id == ApiKey.user_id,
+                User.is_active.is_(True),
+            )
+        ),
     )
     .values(last_used_at=NOW)
 )
+
 
 # --- The chatbot, its answering version, provider, and the user's place -----------------------
 
