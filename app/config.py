@@ -5,6 +5,7 @@ Nothing else in the code reads ``os.environ``; everything configurable is a fiel
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,22 @@ class Settings(BaseSettings):
     demo_model: str | None = None
     openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+
+    # Delivery of bot-initiated messages (SPEC §6): the providers' base URLs (tests point them at
+    # loopback fakes), SMTP for email, and whether webhook targets may be private addresses or
+    # plain http (local development and tests only: otherwise an SSRF hole).
+    telegram_api_base: str = "https://api.telegram.org"
+    twilio_api_base: str = "https://api.twilio.com"
+    meta_api_base: str = "https://graph.facebook.com"
+    turnio_api_base: str = "https://whatsapp.turn.io"
+    slack_api_base: str = "https://slack.com/api"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    webhook_allow_private: bool = False
+    send_timeout_seconds: float = 30.0
 
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere

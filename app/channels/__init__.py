@@ -1,0 +1,1 @@
+"""Outbound senders, one module per platform (SPEC §6), and (next) the delivery worker."""
