@@ -555,6 +555,30 @@ def test_channel_bad_input_writes_nothing(chatbot: str, env: str) -> None:
     assert count(env, Channel, Channel.chatbot_id == head.id) == 0
 
 
+@pytest.mark.parametrize(
+    ("platform", "config", "message"),
+    [
+        ("telegram", [], "A telegram channel needs bot_token: --config bot_token=..."),
+        ("slack", ["bot_token= "], "A slack channel needs bot_token"),
+        ("email", [], "needs from_address"),
+        ("api", [], "needs callback_url"),
+        ("facebook", ["page_id=1"], "needs account_sid, auth_token"),
+        ("whatsapp", [], "needs provider=<meta_cloud_api, twilio, turnio>"),
+        ("whatsapp", ["provider=pigeon"], "needs provider=<meta_cloud_api, twilio, turnio>"),
+        ("whatsapp", ["provider=twilio", "account_sid=AC1"], "needs auth_token, number"),
+        ("whatsapp", ["provider=meta_cloud_api", "access_token=x", "phone_number_id=1"],
+         "needs template_name, template_language"),
+    ],
+)
+def test_a_channel_missing_what_its_platform_needs_is_refused_and_not_saved(
+    chatbot: str, env: str, platform: str, config: list[str], message: str
+) -> None:
+    args = [arg for pair in config for arg in ("--config", pair)]
+    fails("channel", "create", "--chatbot", chatbot, "--platform", platform, *args, message=message)
+    head, _ = chatbot_rows(env, chatbot)
+    assert count(env, Channel, Channel.chatbot_id == head.id) == 0
+
+
 def test_embedded_widget_channel_gets_a_token(chatbot: str, env: str) -> None:
     data = ok_json(
         "channel", "create", "--chatbot", chatbot, "--platform", "embedded_widget",
@@ -567,7 +591,8 @@ def test_embedded_widget_channel_gets_a_token(chatbot: str, env: str) -> None:
 
 
 def test_channel_disable_and_enable(chatbot: str, env: str) -> None:
-    channel_id = ok_json("channel", "create", "--chatbot", chatbot, "--platform", "whatsapp")["id"]
+    channel_id = ok_json("channel", "create", "--chatbot", chatbot, "--platform", "whatsapp",
+                         "--config", "provider=turnio", "--config", "auth_token=t")["id"]  # fmt: skip
     data = ok_json("channel", "disable", str(channel_id), "--message", "Closed for maintenance.")
     assert data["enabled"] is False and data["disabled_message"] == "Closed for maintenance."
     row = one(env, select(Channel).where(Channel.id == channel_id))

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.channels.config import InvalidChannelConfig, check_channel_config
 from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.models import Channel, Chatbot, Platform
@@ -49,7 +50,8 @@ async def create_channel(
     """Connect a chatbot to a platform: at most one non-deleted channel per (chatbot, platform).
 
     ``allowed_domains`` may be given comma-separated; an embedded_widget channel without a
-    ``widget_token`` gets a random one.
+    ``widget_token`` gets a random one. The config must hold what the platform needs to send
+    (``app.channels.config``): else a clear error, and nothing is saved.
     """
     try:
         parsed_platform = Platform((platform or "").strip().lower())
@@ -70,6 +72,10 @@ async def create_channel(
     )
     if existing is not None:
         raise BadRequest(f"{conflict} (id {existing}).")
+    try:
+        check_channel_config(parsed_platform, channel_config)
+    except InvalidChannelConfig as exc:
+        raise BadRequest(str(exc)) from None
     channel = Channel(
         team_id=head.team_id,
         chatbot_id=head.id,
