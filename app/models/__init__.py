@@ -12,10 +12,11 @@ from app.models.conversation import (
     SessionStatus,
     SessionWaiter,
 )
+from app.models.delivery import Delivery, DeliveryStatus
 from app.models.team import ApiKey, Membership, Role, Team, User
 
 __all__ = [
-    "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot",
+    "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot", "Delivery", "DeliveryStatus",
     "HistoryMode", "IdempotencyRecord", "LlmProvider", "Membership", "MessageRole",
     "Participant", "ParticipantData", "Platform", "Role", "SessionStatus", "SessionWaiter",
     "Team", "User",
