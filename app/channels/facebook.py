@@ -1,0 +1,26 @@
+"""Facebook Messenger sender (SPEC §6), through Twilio's Messenger channel.
+
+Twilio addresses Messenger as ``messenger:<page id>`` / ``messenger:<page-scoped user id>``; the
+request is otherwise WhatsApp-over-Twilio's, so it is that same function.
+"""
+
+from typing import Any
+
+from app.channels.base import OutboundMessage, SendContext, SendFailed, SendResult
+from app.channels.whatsapp import send_via_twilio
+
+
+class FacebookSender:
+    async def send(
+        self, context: SendContext, message: OutboundMessage, config: dict[str, Any]
+    ) -> SendResult:
+        page_id = config.get("page_id")
+        if not page_id:
+            raise SendFailed("channel config is missing 'page_id'", permanent=True)
+        return await send_via_twilio(
+            context,
+            config,
+            sender=f"messenger:{page_id}",
+            recipient=f"messenger:{message.recipient}",
+            text=message.text,
+        )

@@ -1,0 +1,185 @@
+"""WhatsApp sender (SPEC §6): Meta's Cloud API, Twilio or Turn.io, as the channel's config says.
+
+Also home of the Twilio Messages API call, which Facebook Messenger (app/channels/facebook.py)
+shares: the two differ only in the ``whatsapp:`` / ``messenger:`` address prefix.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from app.channels.base import (
+    OutboundMessage,
+    SendContext,
+    SendFailed,
+    SendResult,
+    failure_from_response,
+    failure_from_transport,
+)
+from app.channels.phone import InvalidPhoneNumber, to_e164
+
+# Meta lets a business send free-form text only within 24 hours of the user's last message;
+# after that only a pre-approved template is delivered.
+SERVICE_WINDOW = timedelta(hours=24)
+META_API_VERSION = "v21.0"
+# Meta's throttling codes, which can come with a 400 rather than a 429: retry, don't fail.
+META_RATE_LIMIT_CODES = frozenset({130429, 131048, 131056})
+# Twilio refuses a Body longer than this.
+TWILIO_MAX_CHARS = 1600
+
+
+class WhatsAppSender:
+    async def send(
+        self, context: SendContext, message: OutboundMessage, config: dict[str, Any]
+    ) -> SendResult:
+        provider = config.get("provider")
+        if provider == "meta_cloud_api":
+            return await _send_meta(context, message, config)
+        if provider == "twilio":
+            number = _required(config, "number")
+            return await send_via_twilio(
+                context,
+                config,
+                sender=f"whatsapp:{number}",
+                recipient=f"whatsapp:{_e164(message.recipient)}",
+                text=message.text,
+            )
+        if provider == "turnio":
+            return await _send_turnio(context, message, config)
+        raise SendFailed(f"unknown WhatsApp provider {provider!r}", permanent=True)
+
+
+async def _send_meta(
+    context: SendContext, message: OutboundMessage, config: dict[str, Any]
+) -> SendResult:
+    phone_number_id = _required(config, "phone_number_id")
+    url = f"{context.settings.meta_api_base}/{META_API_VERSION}/{phone_number_id}/messages"
+    headers = {"Authorization": f"Bearer {_required(config, 'access_token')}"}
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "to": _digits(message.recipient)}
+    if _in_service_window(message.last_inbound_at):
+        body |= {"type": "text", "text": {"body": message.text}}
+    else:
+        # The template must have one body parameter, which carries the bot's message.
+        body |= {
+            "type": "template",
+            "template": {
+                "name": _required(config, "template_name"),
+                "language": {"code": _required(config, "template_language")},
+                "components": [
+                    {"type": "body", "parameters": [{"type": "text", "text": message.text}]}
+                ],
+            },
+        }
+    response = await _post(context, url, headers=headers, json=body)
+    if response.is_success:
+        return SendResult(_first_message_id(response))
+    raise _meta_failure(response)
+
+
+def _meta_failure(response: httpx.Response) -> SendFailed:
+    error = _json(response).get("error")
+    if not isinstance(error, dict):
+        return failure_from_response(response)
+    reason = f"{response.status_code}: Meta {error.get('code')}: {error.get('message')}"
+    failed = failure_from_response(response, reason)
+    if error.get("code") in META_RATE_LIMIT_CODES:
+        failed.permanent = False
+    return failed
+
+
+async def _send_turnio(
+    context: SendContext, message: OutboundMessage, config: dict[str, Any]
+) -> SendResult:
+    response = await _post(
+        context,
+        f"{context.settings.turnio_api_base}/v1/messages",
+        headers={"Authorization": f"Bearer {_required(config, 'auth_token')}"},
+        json={"to": _digits(message.recipient), "type": "text", "text": {"body": message.text}},
+    )
+    if response.is_success:
+        return SendResult(_first_message_id(response))
+    raise failure_from_response(response)
+
+
+async def send_via_twilio(
+    context: SendContext, config: dict[str, Any], *, sender: str, recipient: str, text: str
+) -> SendResult:
+    """Send ``text`` through Twilio's Messages API in 1,600-character chunks, in order.
+
+    ``sender``/``recipient`` carry the channel prefix (``whatsapp:+27...``, ``messenger:<id>``).
+    A chunk that fails stops the rest; a retry of the delivery then resends the earlier chunks
+    (Twilio has no idempotency key to prevent it), which is SPEC §6's "may resend, once".
+    """
+    account_sid = _required(config, "account_sid")
+    auth = (account_sid, _required(config, "auth_token"))
+    url = f"{context.settings.twilio_api_base}/2010-04-01/Accounts/{account_sid}/Messages.json"
+    last_sid = None
+    for chunk in _chunks(text, TWILIO_MAX_CHARS):
+        response = await _post(
+            context, url, auth=auth, data={"From": sender, "To": recipient, "Body": chunk}
+        )
+        if not response.is_success:
+            error = _json(response)
+            reason = None
+            if "message" in error:
+                reason = f"{response.status_code}: Twilio {error.get('code')}: {error['message']}"
+            raise failure_from_response(response, reason)
+        last_sid = _json(response).get("sid")
+    return SendResult(last_sid)
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    # An empty text is still one (empty) message, so the provider says what it thinks of it.
+    return [text[start : start + size] for start in range(0, max(len(text), 1), size)]
+
+
+async def _post(context: SendContext, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return await context.http.post(url, **kwargs)
+    except httpx.TransportError as exc:
+        raise failure_from_transport(exc) from exc
+
+
+def _in_service_window(last_inbound_at: datetime | None) -> bool:
+    if last_inbound_at is None:
+        return False
+    if last_inbound_at.tzinfo is None:  # stored naive in UTC (SQLite)
+        last_inbound_at = last_inbound_at.replace(tzinfo=UTC)
+    return datetime.now(UTC) - last_inbound_at < SERVICE_WINDOW
+
+
+def _e164(recipient: str) -> str:
+    # trigger_bot stores E.164 already; normalising again keeps identifiers stored before that
+    # rule from reaching the provider malformed, and fails them clearly instead.
+    try:
+        return to_e164(recipient)
+    except InvalidPhoneNumber as exc:
+        raise SendFailed(str(exc), permanent=True) from exc
+
+
+def _digits(recipient: str) -> str:
+    # Meta and Turn.io address users by their wa_id: the E.164 number without "+".
+    return _e164(recipient).removeprefix("+")
+
+
+def _required(config: dict[str, Any], key: str) -> str:
+    value = config.get(key)
+    if not value:
+        raise SendFailed(f"channel config is missing {key!r}", permanent=True)
+    return str(value)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _first_message_id(response: httpx.Response) -> str | None:
+    messages = _json(response).get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        return messages[0].get("id")
+    return None
