@@ -590,6 +590,24 @@ def test_embedded_widget_channel_gets_a_token(chatbot: str, env: str) -> None:
     assert decrypt_config(row.config, SECRET_KEY)["widget_token"] == data["widget_token"]
 
 
+def test_an_api_channel_gets_a_signing_secret_and_needs_a_public_https_callback(
+    chatbot: str, env: str
+) -> None:
+    # A private or loopback callback is refused (SSRF): nothing saved.
+    for url in ("https://127.0.0.1/hook", "http://example.com/hook", "https://10.0.0.5/hook"):
+        fails("channel", "create", "--chatbot", chatbot, "--platform", "api",
+              "--config", f"callback_url={url}", message="callback")  # fmt: skip
+    head, _ = chatbot_rows(env, chatbot)
+    assert count(env, Channel, Channel.chatbot_id == head.id) == 0
+    # A public https address (a literal one: no DNS lookup leaves this machine).
+    data = ok_json("channel", "create", "--chatbot", chatbot, "--platform", "api",
+                   "--config", "callback_url=https://93.184.216.34/hook")  # fmt: skip
+    assert data["signing_secret"].startswith("whsec_")
+    row = one(env, select(Channel).where(Channel.id == data["id"]))
+    assert data["signing_secret"] not in json.dumps(row.config)  # stored encrypted
+    assert decrypt_config(row.config, SECRET_KEY)["signing_secret"] == data["signing_secret"]
+
+
 def test_channel_disable_and_enable(chatbot: str, env: str) -> None:
     channel_id = ok_json("channel", "create", "--chatbot", chatbot, "--platform", "whatsapp",
                          "--config", "provider=turnio", "--config", "auth_token=t")["id"]  # fmt: skip

@@ -80,7 +80,7 @@ def failure_from_response(response: httpx.Response, reason: str | None = None) -
     seconds) or permanent (its own error text recorded)."""
     text = reason or f"{response.status_code}: {response.text[:500]}"
     transient = response.status_code in TRANSIENT_STATUSES or response.status_code >= 500
-    retry_after = _seconds(response.headers.get("retry-after"))
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
     return SendFailed(text, permanent=not transient, retry_after=retry_after)
 
 
@@ -89,7 +89,7 @@ def failure_from_transport(exc: httpx.TransportError) -> SendFailed:
     return SendFailed(f"{type(exc).__name__}: {exc}", permanent=False)
 
 
-def _seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:

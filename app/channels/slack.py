@@ -14,7 +14,7 @@ from app.channels.base import (
     SendContext,
     SendFailed,
     SendResult,
-    _seconds,
+    retry_after_seconds,
     failure_from_response,
     failure_from_transport,
 )
@@ -44,6 +44,6 @@ class SlackSender:
             raise SendFailed(
                 error,
                 permanent=error != "ratelimited",
-                retry_after=_seconds(response.headers.get("retry-after")),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         return SendResult(provider_message_id=body.get("ts"))

@@ -237,6 +237,11 @@ def chatbot_archive(public_id: ChatbotArg, as_json: Json = False) -> None:
 
 # --- channels ----------------------------------------------------------------------------------
 
+# Secrets a channel gets when not given, and how the CLI names them when it shows them.
+GENERATED_SECRETS = {
+    "widget_token": "Widget embed key (X-Embed-Key)",
+    "signing_secret": "Webhook signing secret",
+}
 ChannelArg = Annotated[int, typer.Argument(metavar="ID", help="The channel's id.")]
 
 
@@ -259,26 +264,23 @@ def channel_create(
 
     pairs = _parse_pairs(config)
 
-    async def work(session: "AsyncSession", settings: "Settings") -> tuple[Any, str | None]:
+    async def work(session: "AsyncSession", settings: "Settings") -> tuple[Any, dict[str, str]]:
         channel = await create_channel(session, settings, chatbot, platform, name, pairs)
-        generated = channel.config.get("widget_token") if "widget_token" not in pairs else None
-        if generated:  # the embed key was made here: show it
-            generated = decrypt_config({"t": generated}, settings.effective_secret_key)["t"]
-        return channel, generated
+        # Secrets made here (not given): shown once, now.
+        made = {k: v for k, v in channel.config.items() if k in GENERATED_SECRETS and k not in pairs}
+        return channel, decrypt_config(made, settings.effective_secret_key)
 
-    channel, widget_token = run(work)
+    channel, generated = run(work)
     data = {
         "id": channel.id, "external_id": channel.external_id, "platform": channel.platform,
-        "name": channel.name,
+        "name": channel.name, **generated,
     }  # fmt: skip
-    if widget_token:
-        data["widget_token"] = widget_token
     if as_json:
         print_json(data)
         return
     typer.echo(f"Created {channel.platform} channel {channel.id} ({channel.external_id}).")
-    if widget_token:
-        typer.echo(f"Widget embed key (X-Embed-Key): {widget_token}")
+    for key, value in generated.items():
+        typer.echo(f"{GENERATED_SECRETS[key]} (shown once): {value}")
 
 
 def _set_enabled(channel_id: int, enabled: bool, message: str | None, as_json: bool) -> None:

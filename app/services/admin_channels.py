@@ -14,6 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.channels.config import InvalidChannelConfig, check_channel_config
+from app.channels.webhook import new_signing_secret
+from app.channels.webhook_target import UnsafeWebhookTarget, check_webhook_target
 from app.config import Settings
 from app.errors import BadRequest, NotFound
 from app.models import Channel, Chatbot, Platform
@@ -36,6 +38,8 @@ def _channel_config(platform: Platform, config: Mapping[str, Any] | None) -> dic
         cleaned["allowed_domains"] = [d.strip() for d in domains.split(",") if d.strip()]
     if platform == Platform.embedded_widget and not cleaned.get("widget_token"):
         cleaned["widget_token"] = secrets.token_urlsafe(WIDGET_TOKEN_BYTES)
+    if platform == Platform.api and not cleaned.get("signing_secret"):
+        cleaned["signing_secret"] = new_signing_secret()  # webhooks are signed (Standard Webhooks)
     return cleaned
 
 
@@ -50,8 +54,10 @@ async def create_channel(
     """Connect a chatbot to a platform: at most one non-deleted channel per (chatbot, platform).
 
     ``allowed_domains`` may be given comma-separated; an embedded_widget channel without a
-    ``widget_token`` gets a random one. The config must hold what the platform needs to send
-    (``app.channels.config``): else a clear error, and nothing is saved.
+    ``widget_token`` gets a random one, an api channel without a ``signing_secret`` a new
+    ``whsec_`` one. The config must hold what the platform needs to send
+    (``app.channels.config``), and an api channel's ``callback_url`` must be a public https
+    address (unless ``CHATBOTS_WEBHOOK_ALLOW_PRIVATE``): else a clear error, and nothing is saved.
     """
     try:
         parsed_platform = Platform((platform or "").strip().lower())
@@ -74,7 +80,9 @@ async def create_channel(
         raise BadRequest(f"{conflict} (id {existing}).")
     try:
         check_channel_config(parsed_platform, channel_config)
-    except InvalidChannelConfig as exc:
+        if parsed_platform == Platform.api:  # checked again at every send: DNS can change
+            await check_webhook_target(channel_config["callback_url"], settings.webhook_allow_private)
+    except (InvalidChannelConfig, UnsafeWebhookTarget) as exc:
         raise BadRequest(str(exc)) from None
     channel = Channel(
         team_id=head.team_id,
