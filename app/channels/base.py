@@ -84,6 +84,33 @@ def failure_from_response(response: httpx.Response, reason: str | None = None) -
     return SendFailed(text, permanent=not transient, retry_after=retry_after)
 
 
+async def post(context: SendContext, url: str, **kwargs: Any) -> httpx.Response:
+    """A request to a provider, within the send timeout; network trouble is a transient failure."""
+    kwargs.setdefault("timeout", context.settings.send_timeout_seconds)
+    try:
+        return await context.http.post(url, **kwargs)
+    except httpx.TransportError as exc:
+        raise failure_from_transport(exc) from exc
+
+
+def response_json(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object, or {} when it is not one (a proxy's HTML error page)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def required_config(config: dict[str, Any], key: str) -> str:
+    """A channel config value the send needs; missing, it is a permanent failure (no retry
+    would find it)."""
+    value = config.get(key)
+    if not value:
+        raise SendFailed(f"channel config is missing {key!r}", permanent=True)
+    return str(value)
+
+
 def failure_from_transport(exc: httpx.TransportError) -> SendFailed:
     """Connection refused, reset, timed out: always worth another try."""
     return SendFailed(f"{type(exc).__name__}: {exc}", permanent=False)

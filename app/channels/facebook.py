@@ -6,7 +6,7 @@ request is otherwise WhatsApp-over-Twilio's, so it is that same function.
 
 from typing import Any
 
-from app.channels.base import OutboundMessage, SendContext, SendFailed, SendResult
+from app.channels.base import OutboundMessage, SendContext, SendResult, required_config
 from app.channels.whatsapp import send_via_twilio
 
 
@@ -14,9 +14,7 @@ class FacebookSender:
     async def send(
         self, context: SendContext, message: OutboundMessage, config: dict[str, Any]
     ) -> SendResult:
-        page_id = config.get("page_id")
-        if not page_id:
-            raise SendFailed("channel config is missing 'page_id'", permanent=True)
+        page_id = required_config(config, "page_id")
         return await send_via_twilio(
             context,
             config,

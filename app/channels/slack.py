@@ -7,8 +7,6 @@ identifier is the channel. Slack reports most failures as HTTP 200 with ``{"ok":
 
 from typing import Any
 
-import httpx
-
 from app.channels.base import (
     OutboundMessage,
     SendContext,
@@ -16,7 +14,7 @@ from app.channels.base import (
     SendResult,
     retry_after_seconds,
     failure_from_response,
-    failure_from_transport,
+    post,
 )
 
 
@@ -24,15 +22,12 @@ class SlackSender:
     async def send(
         self, context: SendContext, message: OutboundMessage, config: dict[str, Any]
     ) -> SendResult:
-        try:
-            response = await context.http.post(
-                f"{context.settings.slack_api_base}/chat.postMessage",
-                headers={"Authorization": f"Bearer {config['bot_token']}"},
-                json={"channel": message.recipient, "text": message.text},
-                timeout=context.settings.send_timeout_seconds,
-            )
-        except httpx.TransportError as exc:
-            raise failure_from_transport(exc) from exc
+        response = await post(
+            context,
+            f"{context.settings.slack_api_base}/chat.postMessage",
+            headers={"Authorization": f"Bearer {config['bot_token']}"},
+            json={"channel": message.recipient, "text": message.text},
+        )
         if not response.is_success:  # 429 (with Retry-After), 5xx, or a proxy's answer
             raise failure_from_response(response)
         try:

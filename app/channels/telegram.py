@@ -17,7 +17,8 @@ from app.channels.base import (
     SendFailed,
     SendResult,
     failure_from_response,
-    failure_from_transport,
+    post,
+    response_json,
 )
 
 MAX_CHARS = 4096
@@ -49,15 +50,8 @@ class TelegramSender:
         # A failure part-way leaves the earlier pieces delivered; the retry sends them all again
         # (Telegram has no idempotency key), which the at-least-once guarantee allows.
         for chunk in split_text(message.text):
-            try:
-                response = await context.http.post(
-                    url,
-                    json={"chat_id": message.recipient, "text": chunk},
-                    timeout=context.settings.send_timeout_seconds,
-                )
-            except httpx.TransportError as exc:
-                raise failure_from_transport(exc) from exc
-            body = _json(response)
+            response = await post(context, url, json={"chat_id": message.recipient, "text": chunk})
+            body = response_json(response)
             if not response.is_success or not body.get("ok"):
                 raise _failure(response, body)
             message_id = str(body["result"]["message_id"])
@@ -75,12 +69,3 @@ def _failure(response: httpx.Response, body: dict[str, Any]) -> SendFailed:
     if status == 429 and isinstance(retry_after, int | float):
         failed.retry_after = float(retry_after)
     return failed
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    """The answer's JSON object, or {} when it is not one (a proxy's HTML error page)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

@@ -30,7 +30,7 @@ from app.channels.base import (
     SendFailed,
     SendResult,
     failure_from_response,
-    failure_from_transport,
+    post,
 )
 from app.channels.webhook_target import UnsafeWebhookTarget, check_webhook_target
 
@@ -88,16 +88,10 @@ class WebhookSender:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signer.sign(message.delivery_id, now, body),
         }
-        try:
-            response = await context.http.post(
-                url,
-                content=body.encode("utf-8"),
-                headers=headers,
-                timeout=context.settings.send_timeout_seconds,
-                follow_redirects=False,
+        try:  # never a redirect: its target would not have passed the guard
+            response = await post(
+                context, url, content=body.encode("utf-8"), headers=headers, follow_redirects=False
             )
-        except httpx.TransportError as exc:
-            raise failure_from_transport(exc) from exc
         except httpx.InvalidURL as exc:
             raise SendFailed(f"callback_url is not a valid URL: {exc}", permanent=True) from exc
         if not response.is_success:

@@ -15,7 +15,9 @@ from app.channels.base import (
     SendFailed,
     SendResult,
     failure_from_response,
-    failure_from_transport,
+    post,
+    required_config,
+    response_json,
 )
 from app.channels.phone import InvalidPhoneNumber, to_e164
 
@@ -37,7 +39,7 @@ class WhatsAppSender:
         if provider == "meta_cloud_api":
             return await _send_meta(context, message, config)
         if provider == "twilio":
-            number = _required(config, "number")
+            number = required_config(config, "number")
             return await send_via_twilio(
                 context,
                 config,
@@ -53,9 +55,9 @@ class WhatsAppSender:
 async def _send_meta(
     context: SendContext, message: OutboundMessage, config: dict[str, Any]
 ) -> SendResult:
-    phone_number_id = _required(config, "phone_number_id")
+    phone_number_id = required_config(config, "phone_number_id")
     url = f"{context.settings.meta_api_base}/{META_API_VERSION}/{phone_number_id}/messages"
-    headers = {"Authorization": f"Bearer {_required(config, 'access_token')}"}
+    headers = {"Authorization": f"Bearer {required_config(config, 'access_token')}"}
     body: dict[str, Any] = {"messaging_product": "whatsapp", "to": _digits(message.recipient)}
     if _in_service_window(message.last_inbound_at):
         body |= {"type": "text", "text": {"body": message.text}}
@@ -64,21 +66,21 @@ async def _send_meta(
         body |= {
             "type": "template",
             "template": {
-                "name": _required(config, "template_name"),
-                "language": {"code": _required(config, "template_language")},
+                "name": required_config(config, "template_name"),
+                "language": {"code": required_config(config, "template_language")},
                 "components": [
                     {"type": "body", "parameters": [{"type": "text", "text": message.text}]}
                 ],
             },
         }
-    response = await _post(context, url, headers=headers, json=body)
+    response = await post(context, url, headers=headers, json=body)
     if response.is_success:
         return SendResult(_first_message_id(response))
     raise _meta_failure(response)
 
 
 def _meta_failure(response: httpx.Response) -> SendFailed:
-    error = _json(response).get("error")
+    error = response_json(response).get("error")
     if not isinstance(error, dict):
         return failure_from_response(response)
     reason = f"{response.status_code}: Meta {error.get('code')}: {error.get('message')}"
@@ -91,10 +93,10 @@ def _meta_failure(response: httpx.Response) -> SendFailed:
 async def _send_turnio(
     context: SendContext, message: OutboundMessage, config: dict[str, Any]
 ) -> SendResult:
-    response = await _post(
+    response = await post(
         context,
         f"{context.settings.turnio_api_base}/v1/messages",
-        headers={"Authorization": f"Bearer {_required(config, 'auth_token')}"},
+        headers={"Authorization": f"Bearer {required_config(config, 'auth_token')}"},
         json={"to": _digits(message.recipient), "type": "text", "text": {"body": message.text}},
     )
     if response.is_success:
@@ -111,34 +113,27 @@ async def send_via_twilio(
     A chunk that fails stops the rest; a retry of the delivery then resends the earlier chunks
     (Twilio has no idempotency key to prevent it), which is SPEC §6's "may resend, once".
     """
-    account_sid = _required(config, "account_sid")
-    auth = (account_sid, _required(config, "auth_token"))
+    account_sid = required_config(config, "account_sid")
+    auth = (account_sid, required_config(config, "auth_token"))
     url = f"{context.settings.twilio_api_base}/2010-04-01/Accounts/{account_sid}/Messages.json"
     last_sid = None
     for chunk in _chunks(text, TWILIO_MAX_CHARS):
-        response = await _post(
+        response = await post(
             context, url, auth=auth, data={"From": sender, "To": recipient, "Body": chunk}
         )
         if not response.is_success:
-            error = _json(response)
+            error = response_json(response)
             reason = None
             if "message" in error:
                 reason = f"{response.status_code}: Twilio {error.get('code')}: {error['message']}"
             raise failure_from_response(response, reason)
-        last_sid = _json(response).get("sid")
+        last_sid = response_json(response).get("sid")
     return SendResult(last_sid)
 
 
 def _chunks(text: str, size: int) -> list[str]:
     # An empty text is still one (empty) message, so the provider says what it thinks of it.
     return [text[start : start + size] for start in range(0, max(len(text), 1), size)]
-
-
-async def _post(context: SendContext, url: str, **kwargs: Any) -> httpx.Response:
-    try:
-        return await context.http.post(url, **kwargs)
-    except httpx.TransportError as exc:
-        raise failure_from_transport(exc) from exc
 
 
 def _in_service_window(last_inbound_at: datetime | None) -> bool:
@@ -163,23 +158,8 @@ def _digits(recipient: str) -> str:
     return _e164(recipient).removeprefix("+")
 
 
-def _required(config: dict[str, Any], key: str) -> str:
-    value = config.get(key)
-    if not value:
-        raise SendFailed(f"channel config is missing {key!r}", permanent=True)
-    return str(value)
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _first_message_id(response: httpx.Response) -> str | None:
-    messages = _json(response).get("messages")
+    messages = response_json(response).get("messages")
     if isinstance(messages, list) and messages and isinstance(messages[0], dict):
         return messages[0].get("id")
     return None
