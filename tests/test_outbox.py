@@ -48,7 +48,12 @@ async def make_delivery(app, db, settings, fake_llm):  # type: ignore[no-untyped
     return make
 
 
-async def claim(app, limit: int = 50, now=None):  # type: ignore[no-untyped-def]
+# Workers claim across teams: a test takes every due delivery (other tests' too, all of them
+# finished with) and looks only at its own.
+ALL = 100_000
+
+
+async def claim(app, limit: int = ALL, now=None):  # type: ignore[no-untyped-def]
     return await outbox.claim_due_deliveries(app.state.engine, now=now or utcnow(), limit=limit,
                                              lease_seconds=LEASE)  # fmt: skip
 
@@ -78,6 +83,7 @@ async def test_a_due_delivery_is_claimed_once_under_a_lease(app, db, make_delive
 
 
 async def test_concurrent_workers_take_disjoint_batches(app, db, make_delivery):
+    await claim(app)  # nothing else due: the batches below are about these 30
     ids = [await make_delivery() for _ in range(30)]
     batches = await asyncio.gather(*(claim(app, limit=4) for _ in range(10)))
     taken = [i for batch in batches for i in mine(batch, ids)]
