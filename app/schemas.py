@@ -3,9 +3,11 @@
 Types are strict (``"message": 5`` is an error, not coerced) and unknown fields are ignored.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.models import Platform
 
 NonBlank = Annotated[str, StringConstraints(min_length=1), Field()]
 
@@ -21,6 +23,70 @@ class ApiMessage(StrictModel):
         description="A session id returned earlier (`session_id`). Omit it to continue the "
         "participant's open session with this chatbot, or start one.",
     )
+
+
+class TriggerBotMessageRequest(StrictModel):
+    """``POST /api/trigger_bot`` (SPEC §3.3). The rules that need no database or settings are
+    here (``trigger_errors`` adds the rest, per field, as the 400 envelope lists them)."""
+
+    identifier: str = Field(
+        description="The participant's id on the platform: a phone number for WhatsApp, a chat "
+        "id for Telegram, an email address for email, ...",
+    )
+    platform: Platform = Field(description="The channel to write on.")
+    experiment: str = Field(description="The chatbot's id (a UUID).")
+    prompt_text: str | None = Field(
+        default=None,
+        description="An instruction to the bot (\"Remind them of tomorrow's appointment\"): the "
+        "bot writes the message. Exactly one of prompt_text and message_text.",
+    )
+    message_text: str | None = Field(
+        default=None, description="The message to send as it is, without the model."
+    )
+    start_new_session: bool = Field(
+        default=False, description="End the participant's current session and start a new one."
+    )
+    session_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Merged (shallowly) into the session's state. May not hold `page_context`.",
+    )
+    page_context: dict[str, Any] | None = Field(
+        default=None, description="Replaces the session state's `page_context`."
+    )
+    participant_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Merged (shallowly) into the participant's data for this chatbot.",
+    )
+
+
+PAGE_CONTEXT_IN_SESSION_DATA = (
+    "The 'page_context' key cannot be set directly in session_data; use the page_context field "
+    "instead."
+)
+MAX_IDENTIFIER_CHARS = 320
+
+
+def trigger_errors(body: TriggerBotMessageRequest, max_text_chars: int) -> dict[str, list[str]]:
+    """Field errors of a trigger beyond its types (SPEC §3.3), keyed like the 400 envelope's."""
+    errors: dict[str, list[str]] = {}
+    if not body.identifier.strip():
+        errors["identifier"] = ["This field may not be blank."]
+    elif len(body.identifier) > MAX_IDENTIFIER_CHARS:
+        errors["identifier"] = [f"Ensure this field has no more than {MAX_IDENTIFIER_CHARS} characters."]
+    texts = {"prompt_text": body.prompt_text, "message_text": body.message_text}
+    given = {name: text for name, text in texts.items() if text is not None}
+    if not given:
+        errors["prompt_text"] = ["This field is required (or message_text)."]
+    elif len(given) == 2:
+        errors["non_field_errors"] = ["Give exactly one of prompt_text and message_text."]
+    for name, text in given.items():
+        if not text.strip():
+            errors[name] = ["This field may not be blank."]
+        elif len(text) > max_text_chars:
+            errors[name] = [f"Ensure this field has no more than {max_text_chars} characters."]
+    if "page_context" in body.session_data:
+        errors["session_data"] = [PAGE_CONTEXT_IN_SESSION_DATA]
+    return errors
 
 
 class ApiResponseAttachment(BaseModel):
