@@ -1,13 +1,13 @@
 """Facebook Messenger sender (SPEC §6), through Twilio's Messenger channel.
 
 Twilio addresses Messenger as ``messenger:<page id>`` / ``messenger:<page-scoped user id>``; the
-request is otherwise WhatsApp-over-Twilio's, so it is that same function.
+request is otherwise WhatsApp-over-Twilio's: one function, ``app.channels.twilio``.
 """
 
 from typing import Any
 
 from app.channels.base import OutboundMessage, SendContext, SendResult, required_config
-from app.channels.whatsapp import send_via_twilio
+from app.channels.twilio import send_via_twilio
 
 
 class FacebookSender:

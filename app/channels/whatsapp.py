@@ -20,6 +20,7 @@ from app.channels.base import (
     response_json,
 )
 from app.channels.phone import InvalidPhoneNumber, to_e164
+from app.channels.twilio import send_via_twilio
 
 # Meta lets a business send free-form text only within 24 hours of the user's last message;
 # after that only a pre-approved template is delivered.
@@ -27,8 +28,6 @@ SERVICE_WINDOW = timedelta(hours=24)
 META_API_VERSION = "v21.0"
 # Meta's throttling codes, which can come with a 400 rather than a 429: retry, don't fail.
 META_RATE_LIMIT_CODES = frozenset({130429, 131048, 131056})
-# Twilio refuses a Body longer than this.
-TWILIO_MAX_CHARS = 1600
 
 
 class WhatsAppSender:
@@ -102,38 +101,6 @@ async def _send_turnio(
     if response.is_success:
         return SendResult(_first_message_id(response))
     raise failure_from_response(response)
-
-
-async def send_via_twilio(
-    context: SendContext, config: dict[str, Any], *, sender: str, recipient: str, text: str
-) -> SendResult:
-    """Send ``text`` through Twilio's Messages API in 1,600-character chunks, in order.
-
-    ``sender``/``recipient`` carry the channel prefix (``whatsapp:+27...``, ``messenger:<id>``).
-    A chunk that fails stops the rest; a retry of the delivery then resends the earlier chunks
-    (Twilio has no idempotency key to prevent it), which is SPEC §6's "may resend, once".
-    """
-    account_sid = required_config(config, "account_sid")
-    auth = (account_sid, required_config(config, "auth_token"))
-    url = f"{context.settings.twilio_api_base}/2010-04-01/Accounts/{account_sid}/Messages.json"
-    last_sid = None
-    for chunk in _chunks(text, TWILIO_MAX_CHARS):
-        response = await post(
-            context, url, auth=auth, data={"From": sender, "To": recipient, "Body": chunk}
-        )
-        if not response.is_success:
-            error = response_json(response)
-            reason = None
-            if "message" in error:
-                reason = f"{response.status_code}: Twilio {error.get('code')}: {error['message']}"
-            raise failure_from_response(response, reason)
-        last_sid = response_json(response).get("sid")
-    return SendResult(last_sid)
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    # An empty text is still one (empty) message, so the provider says what it thinks of it.
-    return [text[start : start + size] for start in range(0, max(len(text), 1), size)]
 
 
 def _in_service_window(last_inbound_at: datetime | None) -> bool:
