@@ -329,12 +329,12 @@ def new_session_values(key_params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+CONSENT_PENDING = (SessionStatus.setup, SessionStatus.pending)
+
+
 def human_is_stored(status: str, consent: bool) -> bool:
     """Whether a claim stores the human message: not while the bot still asks for consent."""
     return not (consent and status in CONSENT_PENDING)
-
-
-CONSENT_PENDING = (SessionStatus.setup, SessionStatus.pending)
 
 
 def awaits_consent(status: Any) -> Any:
