@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     send_timeout_seconds: float = 30.0
 
+    # The delivery worker (SPEC §6): inside each API process by default, and as `chatbots
+    # worker`. A delivery gets ``delivery_max_attempts`` tries; the first retry waits
+    # ``delivery_backoff_seconds``, each next one twice as long (±25 % jitter): 29 s doubling
+    # spans about 15 minutes over 6 attempts. A claimed delivery is the worker's for
+    # ``delivery_lease_seconds`` (a crashed worker's is taken again after it); at most
+    # ``delivery_concurrency`` sends are in flight per worker.
+    worker_in_process: bool = True
+    delivery_max_attempts: int = Field(default=6, ge=1)
+    delivery_backoff_seconds: float = Field(default=29.0, ge=0)
+    delivery_lease_seconds: float = Field(default=60.0, gt=0)
+    delivery_concurrency: int = Field(default=8, ge=1)
+    # How often an idle worker looks for due deliveries without being woken (PostgreSQL wakes it
+    # at once with NOTIFY; this covers retries coming due and, on SQLite, other processes).
+    delivery_poll_seconds: float = Field(default=2.0, gt=0)
+
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
     # (run ``chatbots db upgrade`` once per release).

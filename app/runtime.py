@@ -9,9 +9,10 @@ store expires its pool's connections (``PostgresStore._connection``), so a proce
 answers HTTP recovers the same way.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
@@ -35,6 +36,9 @@ class Runtime:
     driver_pool: asyncpg.Pool | None
     http_client: aiohttp.ClientSession
     llm: LlmClient
+    # Set when this process added deliveries: its delivery worker looks at once (on PostgreSQL
+    # every worker is also woken by NOTIFY; elsewhere other processes' workers poll).
+    deliveries_due: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @asynccontextmanager

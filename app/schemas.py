@@ -3,10 +3,13 @@
 Types are strict (``"message": 5`` is an error, not coerced) and unknown fields are ignored.
 """
 
-from typing import Annotated, Any
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.channels.phone import InvalidPhoneNumber, to_e164
 from app.models import Platform
 
 NonBlank = Annotated[str, StringConstraints(min_length=1), Field()]
@@ -86,7 +89,37 @@ def trigger_errors(body: TriggerBotMessageRequest, max_text_chars: int) -> dict[
             errors[name] = [f"Ensure this field has no more than {max_text_chars} characters."]
     if "page_context" in body.session_data:
         errors["session_data"] = [PAGE_CONTEXT_IN_SESSION_DATA]
+    try:
+        uuid.UUID(body.experiment)
+    except ValueError:
+        errors["experiment"] = ["Must be a valid UUID."]
+    if body.platform == Platform.whatsapp and "identifier" not in errors:
+        try:
+            to_e164(body.identifier)
+        except InvalidPhoneNumber as exc:
+            errors["identifier"] = [str(exc)]
     return errors
+
+
+class TriggerBotResponse(BaseModel):
+    """Our addition (the seed's 200 has no body; clients that ignore it are unaffected)."""
+
+    session_id: str = Field(description="The session the message is written in.")
+    channel: str = Field(description="The platform it is sent on.")
+    delivery_id: str = Field(description="Follow it at `GET /api/deliveries/{delivery_id}`.")
+
+
+class DeliveryStatusResponse(BaseModel):
+    id: str
+    status: Literal["pending", "sending", "sent", "failed", "skipped"]
+    platform: str
+    session_id: str
+    attempts: int = Field(description="Send attempts made so far.")
+    last_error: str | None = Field(description="The last failure, or why it was skipped.")
+    provider_message_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
 
 
 class ApiResponseAttachment(BaseModel):

@@ -1,5 +1,5 @@
 """The body of ``POST /api/trigger_bot`` (SPEC §3.3): what is refused before any lookup, field by
-field, as the 400 envelope lists it. (The endpoint itself arrives with the delivery worker.)"""
+field, as the 400 envelope lists it. (The endpoint is tested in test_trigger_bot.py.)"""
 
 import json
 from typing import Any
@@ -70,8 +70,9 @@ def test_a_blank_text_is_an_error_on_that_field(field: str) -> None:
 
 
 def test_too_long_identifier_and_text() -> None:
-    assert list(errors_of({**VALID, "identifier": "9" * 321})) == ["identifier"]
-    assert errors_of({**VALID, "identifier": "9" * 320}) == {}
+    telegram = {**VALID, "platform": "telegram"}  # any id of the length limit, not a phone number
+    assert list(errors_of({**telegram, "identifier": "9" * 321})) == ["identifier"]
+    assert errors_of({**telegram, "identifier": "9" * 320}) == {}
     assert list(errors_of({**VALID, "prompt_text": "x" * (MAX_TEXT + 1)})) == ["prompt_text"]
 
 
@@ -79,3 +80,17 @@ def test_page_context_cannot_be_set_through_session_data() -> None:
     body = {**VALID, "session_data": {"page_context": {"url": "https://example.com"}}}
     assert errors_of(body) == {"session_data": [PAGE_CONTEXT_IN_SESSION_DATA]}
     assert errors_of({**VALID, "page_context": {"url": "https://example.com"}}) == {}
+
+
+def test_the_experiment_must_be_a_uuid() -> None:
+    assert errors_of({**VALID, "experiment": "not-a-uuid"}) == {"experiment": ["Must be a valid UUID."]}
+
+
+@pytest.mark.parametrize("number", ["12345", "+27 82 ABC 4567", "+999 123", "0821234567"])
+def test_a_whatsapp_number_that_does_not_parse_is_an_error_on_identifier(number: str) -> None:
+    errors = errors_of({**VALID, "identifier": number})
+    assert list(errors) == ["identifier"] and "phone number" in errors["identifier"][0]
+
+
+def test_other_platforms_take_any_identifier() -> None:
+    assert errors_of({**VALID, "platform": "telegram", "identifier": "12345"}) == {}

@@ -26,7 +26,12 @@ class Delivery(Base):
     with backoff. Its AI message is stored once, before the first send (``message_id``)."""
 
     __tablename__ = "delivery"
-    __table_args__ = (Index("ix_delivery_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_delivery_due", "status", "next_attempt_at"),
+        # A trigger's Idempotency-Key lives on its delivery, written in the same transaction: a
+        # repeat finds the first trigger's delivery (and answers as it did), never a second one.
+        Index("uq_delivery_idempotency", "idempotency_credential", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     public_id: Mapped[uuid.UUID] = mapped_column(unique=True, default=new_uuid)
@@ -50,3 +55,6 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    idempotency_credential: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))

@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.schemas import ApiMessage, ErrorResponse, ProviderErrorResponse, ValidationErrorResponse
+from app.schemas import ApiMessage, ErrorResponse, TriggerBotMessageRequest, ProviderErrorResponse, ValidationErrorResponse
 
 _DESCRIPTIONS = {
     400: "Invalid request body, JSON parse error, or a request the chatbot cannot serve.",
@@ -76,7 +76,7 @@ def request_body(schema_name: str) -> dict[str, Any]:
     }
 
 
-BODY_SCHEMAS = (ApiMessage,)
+BODY_SCHEMAS = (ApiMessage, TriggerBotMessageRequest)
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+if TYPE_CHECKING:
+    from app.stores.trigger import TriggerTarget, TriggerWriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,3 +263,12 @@ class TurnStore(Protocol):
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
         """End the (claimed) session, release it and open a new one for the same owner;
         returns the new session's external id."""
+
+    async def load_trigger_target(
+        self, team_id: int, public_id: uuid.UUID, platform: str
+    ) -> "TriggerTarget | None":
+        """The team's chatbot (head, not archived) and its channel on ``platform``, or None."""
+
+    def trigger_transaction(self) -> AbstractAsyncContextManager["TriggerWriter"]:
+        """One transaction for a trigger's writes (``app.stores.trigger``): committed when the
+        block ends, rolled back when it raises."""

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app.errors import ServiceUnavailable
 from app.models import MessageRole, SessionStatus
 from app.stores import statements as st
+from app.stores import trigger
+from app.stores.trigger import TriggerTarget, TriggerWriter
 from app.stores.base import (
     ApiChannel,
     ApiKeyRecord,
@@ -273,6 +275,19 @@ class PostgresStore:
             row = await _TARGET.fetchrow(conn, st.target_params(team_id, public_id, version, identifier))
         return None if row is None else st.target_from_row(row, version or None)
 
+    async def load_trigger_target(
+        self, team_id: int, public_id: uuid.UUID, platform: str
+    ) -> TriggerTarget | None:
+        params = {"p_team_id": team_id, "public_id": public_id, "p_platform": platform}
+        async with self._connection() as conn:
+            row = await _TRIGGER_TARGET.fetchrow(conn, params)
+        return None if row is None else TriggerTarget(*row)
+
+    @contextlib.asynccontextmanager
+    async def trigger_transaction(self) -> AsyncIterator[TriggerWriter]:
+        async with self._connection() as conn, conn.transaction():
+            yield TriggerWriter(_Executor(conn))
+
     async def create_api_channel(self, team_id: int) -> ApiChannel:
         async with self._connection() as conn:
             await _CREATE_API_CHANNEL.execute(conn, {"p_team_id": team_id})
@@ -354,6 +369,28 @@ class PostgresStore:
         return row["external_id"]
 
 
+class _Executor:
+    """``app.stores.trigger.Executor`` on a driver connection: each statement compiled once."""
+
+    dialect = "postgresql"
+    _compiled: dict[int, CompiledStatement] = {}
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    def _statement(self, statement: Any) -> CompiledStatement:
+        compiled = self._compiled.get(id(statement))
+        if compiled is None:  # the statements are module constants: their ids stay theirs
+            compiled = self._compiled[id(statement)] = CompiledStatement(statement)
+        return compiled
+
+    async def first(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return await self._statement(statement).fetchrow(self.conn, params)
+
+    async def execute(self, statement: Any, params: Mapping[str, Any]) -> None:
+        await self._statement(statement).execute(self.conn, params)
+
+
 class SessionListener:
     """One LISTEN connection per process, opened on the first wait and again after a loss:
     wakes the turns of this process that wait for a session another process holds.
@@ -421,6 +458,7 @@ class _Released:
 # The key's row as it was (the CTE's snapshot) and its use recorded, in one statement.
 _USE_KEY = CompiledStatement(st.KEY_WITH_MEMBERSHIP.add_cte(st.RECORD_KEY_USE.cte("used")))
 _TARGET = CompiledStatement(st.TARGET)
+_TRIGGER_TARGET = CompiledStatement(trigger.TARGET)
 _CREATE_API_CHANNEL = CompiledStatement(
     pg_insert(st.CHANNEL)
     .values(

@@ -12,7 +12,7 @@ releases are not signalled here: a turn waiting for one looks again every
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.db import READ_ONLY, utcnow
 from app.models import Platform
 from app.stores import statements as st
+from app.stores import trigger
+from app.stores.trigger import TriggerTarget, TriggerWriter
 from app.stores.base import (
     ApiChannel,
     ApiKeyRecord,
@@ -37,6 +39,20 @@ from app.stores.base import (
 )
 
 LEASE_POLL_SECONDS = 0.05
+
+
+class _Executor:
+    """``app.stores.trigger.Executor`` on a SQLAlchemy connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    async def first(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return (await self.conn.execute(statement, dict(params))).mappings().first()
+
+    async def execute(self, statement: Any, params: Mapping[str, Any]) -> None:
+        await self.conn.execute(statement, dict(params))
 
 
 class SqlAlchemyStore:
@@ -77,6 +93,19 @@ class SqlAlchemyStore:
         async with self._read() as conn:
             row = (await conn.execute(st.TARGET, params)).first()
         return None if row is None else st.target_from_row(row._mapping, version or None)
+
+    async def load_trigger_target(
+        self, team_id: int, public_id: uuid.UUID, platform: str
+    ) -> TriggerTarget | None:
+        params = {"p_team_id": team_id, "public_id": public_id, "p_platform": platform}
+        async with self._read() as conn:
+            row = (await conn.execute(trigger.TARGET, params)).first()
+        return None if row is None else TriggerTarget(*row)
+
+    @contextlib.asynccontextmanager
+    async def trigger_transaction(self) -> AsyncIterator[TriggerWriter]:
+        async with self._write() as conn:
+            yield TriggerWriter(_Executor(conn))
 
     async def create_api_channel(self, team_id: int) -> ApiChannel:
         async with self._write() as conn:
