@@ -1,5 +1,6 @@
 """``create_app()``: middleware, routers, error handlers and the lifespan (``app.runtime``)."""
 
+import asyncio
 import gc
 import logging
 import uuid
@@ -99,7 +100,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.driver_pool = runtime.driver_pool
             app.state.llm = runtime.llm
             tune_garbage_collector()
-            yield
+            if not settings.worker_in_process:
+                yield
+                return
+            from app.services.delivery_worker import DeliveryWorker
+
+            worker = DeliveryWorker(runtime)
+            running = asyncio.create_task(worker.run())
+            try:
+                yield
+            finally:  # the server is stopping: sends in flight finish first
+                worker.stop()
+                await running
 
     app = FastAPI(
         title="Chatbots API",

@@ -31,6 +31,8 @@ def settings(database_url: str):  # type: ignore[no-untyped-def]
         llm_timeout_seconds=5,
         llm_total_timeout_seconds=8,
         llm_max_retries=1,
+        # Deliveries stay pending unless a test runs a worker itself (tests/test_delivery_worker.py).
+        worker_in_process=False,
         _env_file=None,
     )
 

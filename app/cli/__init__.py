@@ -7,13 +7,13 @@ stderr and exit 1. ``--json`` prints exactly one JSON document on stdout.
 Start-up stays fast: the database layer, the services and uvicorn are imported inside the
 commands, never at module import (litellm is never imported here).
 
-The commands live in ``serve`` (serve, db, demo), ``identity`` (team, user, apikey) and ``bots``
-(provider, chatbot, channel); ``_common`` holds what they share. The tree is assembled here.
+The commands live in ``serve`` (serve, db, demo), ``identity`` (team, user, apikey), ``bots``
+(provider, chatbot, channel) and ``delivery`` (worker, delivery); ``_common`` holds what they share. The tree is assembled here.
 """
 
 import typer
 
-from app.cli import bots, identity, serve
+from app.cli import bots, delivery, identity, serve
 
 app = typer.Typer(
     name="chatbots",
@@ -25,6 +25,7 @@ app = typer.Typer(
 
 app.command()(serve.serve)
 app.command()(serve.demo)
+app.command()(delivery.worker)
 app.add_typer(serve.db_app, name="db")
 app.add_typer(identity.team_app, name="team")
 app.add_typer(identity.user_app, name="user")
@@ -32,6 +33,7 @@ app.add_typer(identity.apikey_app, name="apikey")
 app.add_typer(bots.provider_app, name="provider")
 app.add_typer(bots.chatbot_app, name="chatbot")
 app.add_typer(bots.channel_app, name="channel")
+app.add_typer(delivery.delivery_app, name="delivery")
 
 
 def main() -> None:

@@ -1,0 +1,139 @@
+"""The delivery worker (SPEC §6): takes due deliveries from the outbox and sends them, at most
+``CHATBOTS_DELIVERY_CONCURRENCY`` at a time, in the API process (by default) or as
+``chatbots worker``; any number of either run side by side.
+
+It sleeps until there may be work: a trigger in this process sets ``Runtime.deliveries_due``;
+on PostgreSQL a trigger in any process wakes every worker at once (``NOTIFY`` at commit, one
+``LISTEN`` connection per worker); and it looks anyway every ``CHATBOTS_DELIVERY_POLL_SECONDS``
+(retries coming due, other processes on SQLite, a notification lost with its connection).
+
+Each send's outcome is written when it returns, before its slot takes another delivery.
+``stop()`` (SIGTERM) stops claiming, lets the sends in flight finish and record their outcome,
+and gives back any claim whose send never started.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+
+from app.channels import outbox
+from app.channels.base import SendContext, Sender
+from app.channels.outbox import DueDelivery
+from app.channels.senders import default_senders
+from app.db import driver_dsn, utcnow
+from app.runtime import Runtime
+from app.services.delivery import Deps, process
+from app.stores.trigger import DELIVERY_DUE_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryWorker:
+    def __init__(self, runtime: Runtime, senders: dict[str, Sender] | None = None) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.senders = senders if senders is not None else default_senders()
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.runtime.deliveries_due.set()
+
+    async def run(self) -> None:
+        settings, wake = self.settings, self.runtime.deliveries_due
+        async with (
+            httpx.AsyncClient(follow_redirects=False) as http,
+            _notifications(self.runtime, wake) as listening,
+        ):
+            deps = Deps(self.runtime.engine, self.runtime.store, self.runtime.llm, settings,
+                        SendContext(http, settings), self.senders, random.Random())  # fmt: skip
+            while not self._stopping.is_set():
+                wake.clear()  # before claiming: a wake-up during the claim is not lost
+                free = settings.delivery_concurrency - len(self._in_flight)
+                if free > 0:
+                    for delivery in await self._claim(free):
+                        self._start(deps, delivery)
+                await listening()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), settings.delivery_poll_seconds)
+            if self._in_flight:
+                log.info("delivery worker stopping: %d sends to finish", len(self._in_flight))
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[DueDelivery]:
+        try:
+            return await outbox.claim_due_deliveries(
+                self.runtime.engine, now=utcnow(), limit=limit,
+                lease_seconds=self.settings.delivery_lease_seconds,
+            )  # fmt: skip
+        except Exception as exc:  # the database is away: look again at the next poll
+            log.warning("cannot claim deliveries: %s: %s", type(exc).__name__, exc)
+            return []
+
+    def _start(self, deps: Deps, delivery: DueDelivery) -> None:
+        task = asyncio.create_task(self._deliver(deps, delivery))
+        self._in_flight.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._in_flight.discard(finished)
+            self.runtime.deliveries_due.set()  # a slot is free
+
+        task.add_done_callback(done)
+
+    async def _deliver(self, deps: Deps, delivery: DueDelivery) -> None:
+        try:
+            await process(deps, delivery)
+        except asyncio.CancelledError:
+            # Cut off (not a SIGTERM, which waits): the claim is given back rather than left to
+            # expire. Had the provider already accepted the message, this is the one resend
+            # the guarantee allows, as an expired lease would be.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(outbox.release_claims(deps.engine, [delivery.id], utcnow()))
+            raise
+        except Exception:
+            # A bug or the database gone mid-way: the claim expires after the lease and the
+            # delivery is taken again (at most the one resend the README's guarantee allows).
+            log.exception("delivery %s failed unexpectedly", delivery.public_id)
+
+
+@contextlib.asynccontextmanager
+async def _notifications(runtime: Runtime, wake: asyncio.Event) -> AsyncIterator[object]:
+    """On PostgreSQL a LISTEN connection whose notifications set ``wake``; the yielded callable
+    (re)opens it when it is closed (the database restarted). Elsewhere nothing to do."""
+    if runtime.driver_pool is None:
+
+        async def nothing() -> None:
+            return None
+
+        yield nothing
+        return
+    dsn = driver_dsn(runtime.settings.database_url)
+    connection: asyncpg.Connection | None = None
+
+    def notified(*_: object) -> None:
+        wake.set()
+
+    async def listening() -> None:
+        nonlocal connection
+        if connection is not None and not connection.is_closed():
+            return
+        try:
+            connection = await asyncpg.connect(dsn)
+            await connection.add_listener(DELIVERY_DUE_CHANNEL, notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot listen for new deliveries: %s", type(exc).__name__)
+            connection = None
+
+    try:
+        await listening()
+        yield listening
+    finally:
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
