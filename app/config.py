@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     webhook_allow_private: bool = False
     send_timeout_seconds: float = 30.0
+    # CommCare Connect (SPEC §6): the Connect messaging server and this deployment's messaging
+    # server credentials (HTTP Basic), issued by Connect. Server-wide, not per channel: Connect
+    # knows this service as one messaging server whatever the chatbot.
+    commcare_connect_server_url: str = "https://connect.dimagi.com"
+    commcare_connect_client_id: str | None = None
+    commcare_connect_client_secret: str | None = None
 
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
