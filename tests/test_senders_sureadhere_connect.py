@@ -4,7 +4,9 @@ answers what the test queued for that path, else a default. Nothing of ours is m
 SureAdhere sender's clock is passed in so a test can move it past a token's expiry."""
 
 import asyncio
+import base64
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -15,8 +17,10 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.channels.base import OutboundMessage, SendContext, SendFailed, SendResult
+from app.channels.commcare_connect import CommCareConnectSender, connect_message_id
 from app.channels.sureadhere import SureAdhereSender
 from app.config import Settings
 
@@ -412,3 +416,217 @@ async def test_sureadhere_missing_config_is_permanent_without_a_request(
         await SureAdhereSender().send(send_context(http), outbound(), config)
     assert failed.value.permanent and "client_secret" in failed.value.reason
     assert sureadhere.requests == []
+
+
+# --- CommCare Connect ------------------------------------------------------------------------
+
+CONNECT_PATH = "/messaging/send_fcm/"
+CONNECT_CLIENT = ("ocs-messaging-server", "connect-secret")
+CONNECT_BASIC = "Basic " + base64.b64encode(b"ocs-messaging-server:connect-secret").decode()
+CHANNEL_ID = "3f2c1a9e-6b7d-4e21-8c55-0a1b2c3d4e5f"
+KEY = os.urandom(32)
+
+
+def connect_metadata(**overrides: Any) -> dict[str, Any]:
+    return {
+        "consent": True,
+        "commcare_connect_channel_id": CHANNEL_ID,
+        "commcare_connect_encryption_key": base64.b64encode(KEY).decode(),
+    } | overrides
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[FakeProvider]:
+    fake, runner = await start_fake(
+        {CONNECT_PATH: lambda n: Answer(body={"message_id": "from-connect"})}
+    )
+    yield fake
+    await runner.cleanup()
+
+
+async def send_connect(
+    http: httpx.AsyncClient,
+    server_url: str,
+    text: str = "Your visit is tomorrow",
+    delivery_id: str = "0b7e5d52-2c4f-4b8e-9d55-5b8f0f7a1c3e",
+    **metadata: Any,
+) -> SendResult:
+    client_id, client_secret = CONNECT_CLIENT
+    context = send_context(
+        http,
+        commcare_connect_server_url=server_url,
+        commcare_connect_client_id=client_id,
+        commcare_connect_client_secret=client_secret,
+    )
+    message = outbound(
+        text,
+        recipient="connect-user-1",
+        delivery_id=delivery_id,
+        participant_metadata=connect_metadata(**metadata),
+    )
+    return await CommCareConnectSender().send(context, message, {})
+
+
+def decrypt(content: dict[str, str], key: bytes = KEY) -> str:
+    nonce = base64.b64decode(content["nonce"])
+    sealed = base64.b64decode(content["ciphertext"]) + base64.b64decode(content["tag"])
+    return AESGCM(key).decrypt(nonce, sealed, None).decode("utf-8")
+
+
+async def test_connect_posts_the_encrypted_text_to_the_participants_channel(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    result = await send_connect(http, connect.url, "Your visit is tomorrow — ça va? 👍")
+
+    [request] = connect.requests
+    assert (request.method, request.path) == ("POST", CONNECT_PATH)
+    assert request.headers["Authorization"] == CONNECT_BASIC
+    assert request.headers["Content-Type"] == "application/json"
+    body = request.json
+    assert set(body) == {"channel", "message_id", "content"}
+    assert body["channel"] == CHANNEL_ID
+    assert body["message_id"] == "0b7e5d52-2c4f-4b8e-9d55-5b8f0f7a1c3e"  # the delivery id
+    assert set(body["content"]) == {"ciphertext", "tag", "nonce"}
+    assert len(base64.b64decode(body["content"]["nonce"])) == 12
+    assert len(base64.b64decode(body["content"]["tag"])) == 16
+    assert "visit" not in request.raw.decode()  # only ciphertext on the wire
+    assert decrypt(body["content"]) == "Your visit is tomorrow — ça va? 👍"
+    assert result.provider_message_id == "from-connect"
+
+
+async def test_connect_a_retry_carries_the_same_message_id_and_a_fresh_nonce(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    await send_connect(http, connect.url)
+    await send_connect(http, connect.url)
+
+    first, second = (request.json for request in connect.requests)
+    assert first["message_id"] == second["message_id"]
+    assert first["content"]["nonce"] != second["content"]["nonce"]
+    assert decrypt(first["content"]) == decrypt(second["content"]) == "Your visit is tomorrow"
+
+
+def test_connect_message_id_is_a_uuid_derived_from_any_delivery_id() -> None:
+    uuid_id = "0b7e5d52-2c4f-4b8e-9d55-5b8f0f7a1c3e"
+    assert connect_message_id(uuid_id) == uuid_id
+    assert connect_message_id(uuid_id.replace("-", "")) == uuid_id
+
+    derived = connect_message_id("dlv_42")
+    assert derived == connect_message_id("dlv_42")  # stable
+    assert derived != connect_message_id("dlv_43")
+    assert len(derived) == 36 and derived.count("-") == 4
+
+
+async def test_connect_message_id_already_exists_means_an_earlier_attempt_arrived(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    connect.answer(CONNECT_PATH, Answer(400, {"errors": "MESSAGE_ID_ALREADY_EXISTS"}))
+    result = await send_connect(http, connect.url)
+    assert result.provider_message_id == "0b7e5d52-2c4f-4b8e-9d55-5b8f0f7a1c3e"
+
+
+async def test_connect_no_user_consent_withdraws_consent(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    connect.answer(CONNECT_PATH, Answer(400, {"errors": "NO_USER_CONSENT"}))
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url)
+    assert failed.value.permanent and failed.value.consent_withdrawn
+    assert failed.value.reason == "400: NO_USER_CONSENT"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ({"consent": False}, "not consented"),
+        ({"consent": None}, "not consented"),
+    ],
+    ids=["consent-false", "consent-missing"],
+)
+async def test_connect_without_consent_sends_nothing(
+    http: httpx.AsyncClient, connect: FakeProvider, metadata: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url, **metadata)
+    assert failed.value.permanent and failed.value.consent_withdrawn
+    assert reason in failed.value.reason
+    assert connect.requests == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ({"commcare_connect_channel_id": None}, "no commcare_connect_channel_id"),
+        ({"commcare_connect_encryption_key": ""}, "no commcare_connect_encryption_key"),
+        ({"commcare_connect_encryption_key": "not base64!"}, "not a base64 AES key"),
+        (
+            {"commcare_connect_encryption_key": base64.b64encode(b"short").decode()},
+            "not a base64 AES key",
+        ),
+    ],
+    ids=["no-channel-id", "no-key", "key-not-base64", "key-wrong-length"],
+)
+async def test_connect_without_a_channel_or_a_usable_key_is_permanent(
+    http: httpx.AsyncClient, connect: FakeProvider, metadata: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url, **metadata)
+    assert failed.value.permanent and not failed.value.consent_withdrawn
+    assert reason in failed.value.reason
+    assert connect.requests == []
+
+
+async def test_connect_without_server_credentials_is_permanent(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    message = outbound(participant_metadata=connect_metadata())
+    context = send_context(http, commcare_connect_server_url=connect.url)
+    with pytest.raises(SendFailed) as failed:
+        await CommCareConnectSender().send(context, message, {})
+    assert failed.value.permanent and "CHATBOTS_COMMCARE_CONNECT_CLIENT_ID" in failed.value.reason
+    assert connect.requests == []
+
+
+async def test_connect_500_is_transient(http: httpx.AsyncClient, connect: FakeProvider) -> None:
+    connect.answer(CONNECT_PATH, Answer(500, {"error": "server error"}))
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url)
+    assert not failed.value.permanent and not failed.value.consent_withdrawn
+
+
+async def test_connect_429_is_transient_with_retry_after(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    throttled = Answer(429, {"detail": "Request was throttled."}, {"Retry-After": "9"})
+    connect.answer(CONNECT_PATH, throttled)
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url)
+    assert not failed.value.permanent and failed.value.retry_after == 9.0
+
+
+async def test_connect_400_is_permanent_with_connects_text(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    connect.answer(CONNECT_PATH, Answer(400, {"errors": "CHANNEL_DOES_NOT_EXIST"}))
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url)
+    assert failed.value.permanent and not failed.value.consent_withdrawn
+    assert failed.value.reason.startswith("400: ")
+    assert "CHANNEL_DOES_NOT_EXIST" in failed.value.reason
+
+
+async def test_connect_wrong_credentials_are_permanent_without_withdrawing_consent(
+    http: httpx.AsyncClient, connect: FakeProvider
+) -> None:
+    connect.answer(CONNECT_PATH, Answer(403, {"detail": "Invalid credentials."}))
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, connect.url)
+    assert failed.value.permanent and not failed.value.consent_withdrawn
+    assert "Invalid credentials." in failed.value.reason
+
+
+async def test_connect_connection_refused_is_transient(http: httpx.AsyncClient) -> None:
+    with pytest.raises(SendFailed) as failed:
+        await send_connect(http, f"http://127.0.0.1:{free_port()}")
+    assert not failed.value.permanent
+    assert "connect-secret" not in failed.value.reason
