@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.channels.base import OutboundMessage, SendContext, SendFailed, SendResult
 from app.channels.commcare_connect import CommCareConnectSender, connect_message_id
+from app.channels.config import InvalidChannelConfig, check_channel_config
 from app.channels.sureadhere import SureAdhereSender
 from app.config import Settings
 
@@ -630,3 +631,10 @@ async def test_connect_connection_refused_is_transient(http: httpx.AsyncClient) 
         await send_connect(http, f"http://127.0.0.1:{free_port()}")
     assert not failed.value.permanent
     assert "connect-secret" not in failed.value.reason
+
+
+def test_a_connect_channel_needs_the_bot_name_participants_see() -> None:
+    with pytest.raises(InvalidChannelConfig) as refused:
+        check_channel_config("commcare_connect", {})
+    assert "commcare_connect_bot_name" in str(refused.value)
+    check_channel_config("commcare_connect", {"commcare_connect_bot_name": "Health helper"})
