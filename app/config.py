@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "tls"] = "none"
     webhook_allow_private: bool = False
     send_timeout_seconds: float = 30.0
+    # CommCare Connect (SPEC §6): the Connect messaging server and this deployment's messaging
+    # server credentials (HTTP Basic), issued by Connect. Server-wide, not per channel: Connect
+    # knows this service as one messaging server whatever the chatbot. The messaging API is
+    # PersonalID's (connectid.dimagi.com, as Open Chat Studio's default), not the marketplace's
+    # (connect.dimagi.com).
+    commcare_connect_server_url: str = "https://connectid.dimagi.com"
+    commcare_connect_client_id: str | None = None
+    commcare_connect_client_secret: str | None = None
 
     # The delivery worker (SPEC §6): inside each API process by default, and as `chatbots
     # worker`. A delivery gets ``delivery_max_attempts`` tries; the first retry waits

@@ -34,6 +34,8 @@ class OutboundMessage:
     session_state: dict[str, Any] = field(default_factory=dict)
     # When the participant last wrote to the bot on this platform (WhatsApp's 24-hour window).
     last_inbound_at: datetime | None = None
+    # The participant's system metadata for this chatbot: consent, platform ids, Connect's key.
+    participant_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

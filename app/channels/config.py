@@ -12,6 +12,9 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     Platform.facebook: ("page_id", "account_sid", "auth_token"),
     Platform.sureadhere: ("client_id", "client_secret", "auth_url", "base_url", "tenant_id"),
     Platform.slack: ("bot_token",),
+    # The name Connect shows the participant for this bot's channel (Connect's channel_name when
+    # the participant's Connect channel is created); sending itself needs only server settings.
+    Platform.commcare_connect: ("commcare_connect_bot_name",),
     Platform.email: ("from_address",),
     Platform.api: ("callback_url",),
 }
