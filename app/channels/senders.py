@@ -3,9 +3,11 @@
 from typing import Any
 
 from app.channels.base import OutboundMessage, SendContext, Sender, SendResult
+from app.channels.commcare_connect import CommCareConnectSender
 from app.channels.email import EmailSender
 from app.channels.facebook import FacebookSender
 from app.channels.slack import SlackSender
+from app.channels.sureadhere import SureAdhereSender
 from app.channels.telegram import TelegramSender
 from app.channels.webhook import WebhookSender
 from app.channels.whatsapp import WhatsAppSender
@@ -30,4 +32,6 @@ def default_senders() -> dict[str, Sender]:
         Platform.email: EmailSender(),
         Platform.api: WebhookSender(),
         Platform.embedded_widget: StoredForWidget(),
+        Platform.sureadhere: SureAdhereSender(),
+        Platform.commcare_connect: CommCareConnectSender(),
     }

@@ -107,6 +107,7 @@ async def process(deps: Deps, delivery: DueDelivery) -> str:
             created_at=now,
             session_state=context["state"] or {},
             last_inbound_at=context["last_inbound_at"],
+            participant_metadata=context["system_metadata"] or {},
         )
         config = decrypt_config(context["channel_config"] or {}, deps.settings.effective_secret_key)
         sender = deps.senders.get(delivery.platform)
