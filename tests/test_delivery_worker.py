@@ -3,6 +3,7 @@
 fake LLM for written messages). Nothing of ours is mocked."""
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,11 +15,12 @@ import httpx
 import pytest
 from aiohttp import web
 from sqlalchemy import func, select, update
+from standardwebhooks import Webhook
 
 from app.config import Settings
 from app.db import utcnow
 from app.main import create_app
-from app.models import Channel, ChatMessage, Delivery, ParticipantData
+from app.models import Channel, ChatMessage, Delivery, Participant, ParticipantData
 from app.services.admin_channels import create_channel
 from app.services.bot_message import INSTRUCTION
 from app.services.delivery_worker import DeliveryWorker
@@ -276,3 +278,97 @@ async def test_stop_lets_sends_in_flight_finish(env: Env) -> None:
     await asyncio.wait_for(task, 10)
     statuses = [(await env.status(t["delivery_id"]))["status"] for t in triggered]
     assert statuses == ["sent"] * 3, statuses
+
+
+class WebhookReceiver:
+    """An app's webhook endpoint on 127.0.0.1: records each POST's headers and raw body."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    async def start(self) -> "WebhookReceiver":
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_the_api_platform_posts_a_signed_webhook_and_the_user_continues_the_conversation(
+    env: Env, worker: DeliveryWorker
+) -> None:
+    receiver = await WebhookReceiver().start()
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    try:
+        env.app.state.runtime.settings.webhook_allow_private = True  # a loopback receiver
+        async with env.app.state.sessionmaker() as s:
+            await create_channel(s, env.app.state.runtime.settings, env.world.chatbot.public_id, "api",
+                                 config={"callback_url": receiver.url, "signing_secret": secret})  # fmt: skip
+            await s.commit()
+        triggered = await env.trigger(platform="api", identifier=env.world.user.email,
+                                      message_text="Your results are ready.")  # fmt: skip
+        status = await env.until(triggered["delivery_id"])
+        assert status["status"] == "sent", status
+        [(headers, raw)] = receiver.received
+        payload = Webhook(secret).verify(raw, headers)  # the Standard Webhooks library verifies it
+        assert headers["webhook-id"] == triggered["delivery_id"]
+        assert payload["type"] == "message" and payload["message"] == "Your results are ready."
+        assert payload["session_id"] == triggered["session_id"]
+        assert payload["chatbot"] == str(env.world.chatbot.public_id)
+        # The user answers through incoming_message: the same session, and the bot sees its push.
+        before = len(env.fake_llm.requests())
+        reply = await env.client.post(env.world.url, json={"message": "Thanks!"}, headers=env.world.headers)
+        assert reply.status_code == 200 and reply.json()["session_id"] == triggered["session_id"]
+        [llm_request] = env.fake_llm.requests()[before:]
+        assert {"role": "assistant", "content": "Your results are ready."} in llm_request["messages"]
+    finally:
+        await receiver.stop()
+
+
+async def test_an_embedded_widget_message_is_stored_for_the_widget(env: Env, worker: DeliveryWorker) -> None:
+    async with env.app.state.sessionmaker() as s:
+        await create_channel(s, env.app.state.runtime.settings, env.world.chatbot.public_id,
+                             "embedded_widget", config={"allowed_domains": "example.com"})  # fmt: skip
+        await s.commit()
+    triggered = await env.trigger(platform="embedded_widget", identifier="anon:1", message_text="Welcome back!")
+    status = await env.until(triggered["delivery_id"])
+    assert (status["status"], status["provider_message_id"]) == ("sent", None)
+    assert await env.ai_messages(triggered["session_id"]) == ["Welcome back!"]
+    assert env.telegram.requests == []
+
+
+async def test_consent_withdrawn_after_a_connect_trigger_skips_it(env: Env) -> None:
+    async with env.app.state.sessionmaker() as s:
+        await create_channel(s, env.app.state.runtime.settings, env.world.chatbot.public_id, "commcare_connect",
+                             config={"commcare_connect_bot_name": "Bot"})  # fmt: skip
+        participant = Participant(team_id=env.world.team.id, platform="commcare_connect", identifier="cc-1")
+        s.add(participant)
+        await s.flush()
+        s.add(ParticipantData(participant_id=participant.id, chatbot_id=env.world.chatbot.id, data={},
+                              system_metadata={"consent": True}))  # fmt: skip
+        await s.commit()
+    triggered = await env.trigger(platform="commcare_connect", identifier="CC-1", message_text="Hi")
+    async with env.app.state.sessionmaker() as s:
+        await s.execute(update(ParticipantData).where(ParticipantData.participant_id == participant.id)
+                        .values(system_metadata={"consent": False}))  # fmt: skip
+        await s.commit()
+    running = DeliveryWorker(env.app.state.runtime)
+    task = asyncio.create_task(running.run())
+    status = await env.until(triggered["delivery_id"])
+    running.stop()
+    await task
+    assert (status["status"], status["last_error"]) == ("skipped", "The participant withdrew consent.")
