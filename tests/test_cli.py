@@ -43,6 +43,7 @@ COMMANDS = [
     ["chatbot", "create"], ["chatbot", "update"], ["chatbot", "publish"], ["chatbot", "list"],
     ["chatbot", "archive"],
     ["channel", "create"], ["channel", "disable"], ["channel", "enable"], ["channel", "list"],
+    ["worker"], ["delivery", "list"], ["delivery", "show"], ["delivery", "retry"],
 ]  # fmt: skip
 
 
@@ -181,7 +182,7 @@ def chatbot(team: str, provider: str) -> str:
 def test_every_command_has_help_and_json(command: list[str]) -> None:
     result = ok(*command, "--help")
     assert "Usage" in result.stdout
-    if command != ["serve"]:
+    if command not in (["serve"], ["worker"]):  # they print no data
         assert "--json" in result.stdout
 
 
@@ -774,3 +775,50 @@ def test_serve_elsewhere_prints_no_demo(env: str, fake_uvicorn: _FakeUvicorn) ->
     assert "curl" not in out
     ((_, kwargs),) = fake_uvicorn.calls
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("127.0.0.1", 8124, 1)
+
+
+# --- deliveries ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failed_delivery(chatbot: str, team: str, env: str) -> str:
+    """A delivery that failed, on a telegram channel of ``chatbot`` (rows made directly)."""
+    from app.models import ChatSession, Delivery, Participant
+
+    async def work(session: AsyncSession) -> str:
+        head = await session.scalar(select(Chatbot).where(Chatbot.public_id == uuid.UUID(chatbot)))
+        channel = Channel(team_id=head.team_id, chatbot_id=head.id, platform="telegram", config={})
+        participant = Participant(team_id=head.team_id, platform="telegram", identifier="42")
+        session.add_all([channel, participant])
+        await session.flush()
+        chat = ChatSession(team_id=head.team_id, chatbot_id=head.id, channel_id=channel.id,
+                           participant_id=participant.id, platform="telegram")  # fmt: skip
+        session.add(chat)
+        await session.flush()
+        delivery = Delivery(team_id=head.team_id, session_id=chat.id, channel_id=channel.id,
+                            platform="telegram", recipient="42", message_text="Hi", status="failed",
+                            attempts=6, last_error="Bad Request: chat not found")  # fmt: skip
+        session.add(delivery)
+        await session.commit()
+        return str(delivery.public_id)
+
+    return db(env, work)
+
+
+def test_delivery_list_show_and_retry(failed_delivery: str, team: str) -> None:
+    [listed] = ok_json("delivery", "list", "--team", team)
+    assert (listed["id"], listed["team"], listed["status"]) == (failed_delivery, team, "failed")
+    assert ok_json("delivery", "list", "--team", team, "--status", "sent") == []
+    shown = ok_json("delivery", "show", failed_delivery)
+    assert (shown["status"], shown["attempts"], shown["last_error"]) == ("failed", 6, "Bad Request: chat not found")
+    assert "status: failed" in ok("delivery", "show", failed_delivery).stdout
+    retried = ok_json("delivery", "retry", failed_delivery)
+    assert (retried["status"], retried["attempts"], retried["last_error"]) == ("pending", 0, None)
+    fails("delivery", "retry", failed_delivery,
+          message="Only a failed or skipped delivery can be retried (this one is pending).")  # fmt: skip
+
+
+def test_delivery_bad_input_is_a_message(env: str, team: str) -> None:
+    fails("delivery", "show", "not-a-uuid", message="Delivery not found.")
+    fails("delivery", "retry", str(uuid.uuid4()), message="Delivery not found.")
+    fails("delivery", "list", "--status", "lost", message="Unknown status 'lost'")

@@ -1,6 +1,7 @@
 """``chatbots worker`` (the delivery worker as a process of its own) and ``chatbots delivery``
 (list, show and retry deliveries of bot-initiated messages)."""
 
+import asyncio
 from typing import Annotated
 
 import typer
@@ -15,13 +16,13 @@ StatusFilter = Annotated[
 
 
 def worker() -> None:
-    """Send bot-initiated messages: claim due deliveries and send them, until SIGTERM or
-    Ctrl-C (sends in flight finish first; exit code 0). Run as many as you like, anywhere:
-    each delivery is claimed by one of them."""
+    """Run the delivery worker: send bot-initiated messages until SIGTERM or Ctrl-C.
+
+    Sends in flight finish first, then it exits 0. Run as many as you like, anywhere: each
+    delivery is claimed by one of them."""
     settings = load_settings()
 
     async def main() -> None:
-        import asyncio
         import signal
 
         from app.runtime import open_runtime
@@ -39,8 +40,6 @@ def worker() -> None:
             typer.echo(f"delivery worker started (concurrency {settings.delivery_concurrency})", err=True)
             await delivery_worker.run()
             typer.echo("delivery worker stopped", err=True)
-
-    import asyncio
 
     guarded(lambda: asyncio.run(main()))
 
