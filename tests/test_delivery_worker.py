@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -31,30 +31,21 @@ BOT_TOKEN = "123456:worker-test"
 TERMINAL = ("sent", "failed", "skipped")
 
 
-class FakeTelegram:
-    """Telegram's ``sendMessage`` on 127.0.0.1: records each request; answers from a queue
-    (``answer``), else accepts with message ids 1001, 1002, ...; ``delay`` slows every answer."""
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 answering POSTs to ``path`` with ``_handle``."""
+
+    path = "/"
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.answers: list[tuple[int, dict[str, Any]]] = []
-        self.delay = 0.0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    def answer(self, status: int, body: dict[str, Any]) -> None:
-        self.answers.append((status, body))
-
     async def _handle(self, request: web.Request) -> web.Response:
-        self.requests.append({"path": request.path, "json": await request.json()})
-        await asyncio.sleep(self.delay)
-        status, body = self.answers.pop(0) if self.answers else (
-            200, {"ok": True, "result": {"message_id": 1000 + len(self.requests)}})  # fmt: skip
-        return web.json_response(body, status=status)
+        raise NotImplementedError
 
-    async def start(self) -> "FakeTelegram":
+    async def start(self) -> Self:
         app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -66,6 +57,30 @@ class FakeTelegram:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class FakeTelegram(LoopbackServer):
+    """Telegram's ``sendMessage`` on 127.0.0.1: records each request; answers from a queue
+    (``answer``), else accepts with message ids 1001, 1002, ...; ``delay`` slows every answer."""
+
+    path = "/{tail:.*}"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []
+        self.answers: list[tuple[int, dict[str, Any]]] = []
+        self.delay = 0.0
+
+    def answer(self, status: int, body: dict[str, Any]) -> None:
+        self.answers.append((status, body))
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append({"path": request.path, "json": await request.json()})
+        await asyncio.sleep(self.delay)
+        status, body = self.answers.pop(0) if self.answers else (
+            200, {"ok": True, "result": {"message_id": 1000 + len(self.requests)}})  # fmt: skip
+        return web.json_response(body, status=status)
+
 
 
 @dataclass
@@ -280,32 +295,19 @@ async def test_stop_lets_sends_in_flight_finish(env: Env) -> None:
     assert statuses == ["sent"] * 3, statuses
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """An app's webhook endpoint on 127.0.0.1: records each POST's headers and raw body."""
 
+    path = "/hook"
+
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[tuple[dict[str, str], bytes]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.received.append((dict(request.headers), await request.read()))
         return web.Response(status=204)
 
-    async def start(self) -> "WebhookReceiver":
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        self.url = f"http://127.0.0.1:{port}/hook"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def test_the_api_platform_posts_a_signed_webhook_and_the_user_continues_the_conversation(
@@ -317,7 +319,7 @@ async def test_the_api_platform_posts_a_signed_webhook_and_the_user_continues_th
         env.app.state.runtime.settings.webhook_allow_private = True  # a loopback receiver
         async with env.app.state.sessionmaker() as s:
             await create_channel(s, env.app.state.runtime.settings, env.world.chatbot.public_id, "api",
-                                 config={"callback_url": receiver.url, "signing_secret": secret})  # fmt: skip
+                                 config={"callback_url": receiver.url + "/hook", "signing_secret": secret})  # fmt: skip
             await s.commit()
         triggered = await env.trigger(platform="api", identifier=env.world.user.email,
                                       message_text="Your results are ready.")  # fmt: skip
