@@ -79,6 +79,8 @@ async def trigger_bot(
     idempotency_key: str | None = None,
 ) -> TriggerResult:
     """Steps 3–9 of SPEC §3.3 (the caller authorized and validated the request)."""
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
     platform = body.platform
     target = await store.load_trigger_target(principal.team_id, uuid.UUID(body.experiment), platform)
     if target is None:
@@ -93,8 +95,6 @@ async def trigger_bot(
     session_channel = target.channel_id
     if platform == Platform.api:
         session_channel = (await store.create_api_channel(principal.team_id)).id
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
-        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
     fingerprint = request_fingerprint("trigger_bot", body.model_dump(mode="json"))
     credential = principal.credential_id if idempotency_key is not None else None
 
