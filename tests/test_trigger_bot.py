@@ -52,7 +52,7 @@ PLATFORMS = ["telegram", "whatsapp", "facebook", "sureadhere", "slack", "commcar
 CHANNEL_CONFIGS: dict[str, dict[str, Any]] = {
     "telegram": {"bot_token": "123456:test-token"},
     "whatsapp": {"provider": "turnio", "auth_token": "turn-token"},
-    "commcare_connect": {},
+    "commcare_connect": {"commcare_connect_bot_name": "Test bot"},
     # A literal loopback address with webhook_allow_private: the SSRF check resolves it without
     # DNS (getaddrinfo of an IP literal), so the channel is made by the real create_channel.
     "api": {"callback_url": "http://127.0.0.1:9/webhook"},

@@ -132,6 +132,9 @@ def nul_characters(value: Any, path: str = "") -> dict[str, list[str]]:
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     errors: dict[str, list[str]] = {}
     for key, item in items:
+        if isinstance(key, str) and "\x00" in key:  # an object's key is stored too
+            errors[path or "non_field_errors"] = ["Null characters are not allowed."]
+            continue
         errors.update(nul_characters(item, f"{path}.{key}" if path else str(key)))
     return errors
 

@@ -93,9 +93,9 @@ def install_openapi(app: FastAPI) -> None:
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
         for model in BODY_SCHEMAS:  # bodies are parsed by a dependency, so declare them here
-            schemas[model.__name__] = model.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))  # what it refers to (the Platform enum)
+            schemas[model.__name__] = body
         components["securitySchemes"] = {name: SECURITY_SCHEMES[name] for name in ACCEPTED_SCHEMES}
         for path, operations in schema["paths"].items():
             for operation in operations.values():

@@ -2,13 +2,12 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 
 from app.auth.principal import Principal, PrincipalDep, authenticate
 from app.config import Settings
 from app.errors import PermissionDenied
 from app.routers.body import json_body, nul_characters
-from app.routers.channels import IdempotencyKey
 from app.routers.deps import SessionmakerDep, StoreDep
 from app.routers.openapi_docs import error_responses, request_body
 from app.schemas import DeliveryStatusResponse, TriggerBotMessageRequest, TriggerBotResponse, trigger_errors
@@ -29,6 +28,14 @@ async def trigger_principal(request: Request) -> Principal:
     return principal
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Repeat a trigger with the same key to get the first answer again: nothing "
+        "is written or sent a second time (400 if the key comes with another body).",
+    ),
+]
 TriggerBody = Annotated[TriggerBotMessageRequest, Depends(json_body(TriggerBotMessageRequest, _check_trigger))]
 
 

@@ -61,6 +61,8 @@ def normalise_identifier(platform: str, identifier: str) -> str:
         return to_e164(identifier)
     if platform == Platform.commcare_connect:
         return identifier.strip().lower()
+    if platform == Platform.api:  # a user's email, stored lower-cased as incoming_message's participant
+        return identifier.strip().lower()
     return identifier
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Integer, String, and_, bindparam, func, select, update
+from sqlalchemy import Integer, String, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.models import Delivery, DeliveryStatus, SessionStatus
+from app.models import Delivery, DeliveryStatus, Membership, Platform, SessionStatus, User
 from app.stores import statements as st
 
 D = Delivery.__table__
@@ -110,19 +110,31 @@ REPLAY = (
 )
 
 
+# On `api` the participant is a user of the team (identifier = their email), as incoming_message
+# makes it: linked to that user, whichever of the two comes first.
+_MEMBER = (
+    select(User.id)
+    .join(Membership, Membership.user_id == User.id)
+    .where(Membership.team_id == _TEAM, User.email == bindparam("identifier", type_=String))
+    .scalar_subquery()
+)
+_USER = case((_PLATFORM == Platform.api, _MEMBER), else_=None)
+
+
 def _participant_upsert(insert: Any) -> Any:
     # DO UPDATE (not NOTHING) so that the row comes back, and is locked, when it exists.
     statement = insert(P).values(
         team_id=_TEAM,
         platform=_PLATFORM,
         identifier=bindparam("identifier", type_=String),
+        user_id=_USER,
         name="",
         public_id=bindparam("new_public_id"),
         created_at=st.NOW,
     )
     return statement.on_conflict_do_update(
         index_elements=[P.c.team_id, P.c.platform, P.c.identifier],
-        set_={"identifier": statement.excluded.identifier},
+        set_={"user_id": func.coalesce(P.c.user_id, statement.excluded.user_id)},
     ).returning(P.c.id)
 
 
