@@ -84,7 +84,7 @@ async def test_two_worker_processes_take_one_sessions_turns_one_at_a_time_in_abo
     assert elapsed < 16 * 0.105 + 2.0, elapsed
     async with db() as s:  # both processes had turns waiting: each opened its LISTEN connection
         listening = await s.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND backend_start >= :t"
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %chatbots_session_released%' AND backend_start >= :t"
         ), {"t": server_started})  # fmt: skip
     assert listening == 2
 
