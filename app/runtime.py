@@ -23,7 +23,8 @@ from app.db import driver_dsn, engine_for, make_driver_pool, make_sessionmaker
 from app.llm import LlmClient
 from app.llm.http import make_http_client
 from app.stores.base import TurnStore
-from app.stores.postgres_store import PostgresStore, SessionListener
+from app.stores.listen import SessionListener
+from app.stores.postgres_store import PostgresStore
 from app.stores.sqlalchemy_store import SqlAlchemyStore
 
 

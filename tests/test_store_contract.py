@@ -52,7 +52,8 @@ from app.stores.base import (
     StoredMessage,
     TurnStore,
 )
-from app.stores.postgres_store import PostgresStore, SessionListener
+from app.stores.listen import SessionListener
+from app.stores.postgres_store import PostgresStore
 from app.stores.sqlalchemy_store import SqlAlchemyStore
 from tests.factories import World, add_key, add_user, make_world
 

@@ -16,9 +16,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import asyncpg
 import httpx
 
 from app.channels import outbox
@@ -28,6 +27,7 @@ from app.channels.senders import default_senders
 from app.db import driver_dsn, utcnow
 from app.runtime import Runtime
 from app.services.delivery import Deps, process
+from app.stores.listen import Listener
 from app.stores.trigger import DELIVERY_DUE_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class DeliveryWorker:
 
 
 @contextlib.asynccontextmanager
-async def _notifications(runtime: Runtime, wake: asyncio.Event) -> AsyncIterator[object]:
+async def _notifications(runtime: Runtime, wake: asyncio.Event) -> AsyncIterator[Callable[[], Awaitable[object]]]:
     """On PostgreSQL a LISTEN connection whose notifications set ``wake``; the yielded callable
     (re)opens it when it is closed (the database restarted). Elsewhere nothing to do."""
     if runtime.driver_pool is None:
@@ -113,27 +113,9 @@ async def _notifications(runtime: Runtime, wake: asyncio.Event) -> AsyncIterator
 
         yield nothing
         return
-    dsn = driver_dsn(runtime.settings.database_url)
-    connection: asyncpg.Connection | None = None
-
-    def notified(*_: object) -> None:
-        wake.set()
-
-    async def listening() -> None:
-        nonlocal connection
-        if connection is not None and not connection.is_closed():
-            return
-        try:
-            connection = await asyncpg.connect(dsn)
-            await connection.add_listener(DELIVERY_DUE_CHANNEL, notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("cannot listen for new deliveries: %s", type(exc).__name__)
-            connection = None
-
+    listener = Listener(driver_dsn(runtime.settings.database_url), DELIVERY_DUE_CHANNEL, lambda _: wake.set())
     try:
-        await listening()
-        yield listening
+        await listener.listening()
+        yield listener.listening
     finally:
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        await listener.close()

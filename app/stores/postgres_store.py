@@ -12,7 +12,6 @@ every method. A lost connection expires the pool's connections (the next use rec
 answers ``ServiceUnavailable``.
 """
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -61,11 +60,10 @@ from app.stores.base import (
     TurnTarget,
 )
 from app.stores.compiled import CompiledStatement
+from app.stores.listen import DB_GONE, SESSION_RELEASED_CHANNEL, SessionListener
 
 log = logging.getLogger(__name__)
-SESSION_RELEASED_CHANNEL = "chatbots_session_released"
 S, M = st.SESSION, st.MESSAGE
-DB_GONE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
 
 
 def _json(value: Any) -> Any:
@@ -389,70 +387,6 @@ class _Executor:
 
     async def execute(self, statement: Any, params: Mapping[str, Any]) -> None:
         await self._statement(statement).execute(self.conn, params)
-
-
-class SessionListener:
-    """One LISTEN connection per process, opened on the first wait and again after a loss:
-    wakes the turns of this process that wait for a session another process holds.
-
-    A notification lost with a dropped connection is covered by ``MAX_WAIT_SECONDS``: a waiting
-    turn looks again at least that often."""
-
-    MAX_WAIT_SECONDS = 2.0
-
-    def __init__(self, dsn: str, connect: Any) -> None:
-        self._dsn = dsn
-        self._connect = connect
-        self._connection: asyncpg.Connection | None = None
-        self._opening = asyncio.Lock()
-        self._watchers: dict[int, list[asyncio.Event]] = {}
-
-    async def _listening(self) -> bool:
-        async with self._opening:
-            if self._connection is not None and not self._connection.is_closed():
-                return True
-            try:
-                self._connection = await self._connect(self._dsn)
-                await self._connection.add_listener(SESSION_RELEASED_CHANNEL, self._on_notify)
-            except DB_GONE as exc:
-                log.warning("cannot listen for session releases: %s", type(exc).__name__)
-                self._connection = None
-                return False
-            return True
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        for event in self._watchers.get(int(payload), ()):
-            event.set()
-
-    @contextlib.asynccontextmanager
-    async def watch(self, session_id: int) -> AsyncIterator["_Released"]:
-        await self._listening()
-        released = _Released(self.MAX_WAIT_SECONDS)
-        self._watchers.setdefault(session_id, []).append(released.event)
-        try:
-            yield released
-        finally:
-            watchers = self._watchers[session_id]
-            watchers.remove(released.event)
-            if not watchers:
-                del self._watchers[session_id]
-
-    async def close(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close()
-            self._connection = None
-
-
-class _Released:
-    def __init__(self, max_wait: float) -> None:
-        self.event = asyncio.Event()
-        self._max_wait = max_wait
-
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), min(timeout, self._max_wait))
-        self.event.clear()
 
 
 # The key's row as it was (the CTE's snapshot) and its use recorded, in one statement.
