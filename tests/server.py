@@ -54,3 +54,18 @@ def wait_for_banner(proc: subprocess.Popen[str], port: int) -> list[str]:
         lines.append(line.rstrip("\n"))
     wait_until_healthy(port)
     return lines
+
+
+def start_worker(cwd: Path, log: Path, *, settings: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``chatbots worker`` with only the given ``CHATBOTS_*`` settings. Its output goes to ``log``
+    (a file: a pipe nobody reads would fill up and stall the worker)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOTS_")}
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    env.update({f"CHATBOTS_{name.upper()}": value for name, value in settings.items()})
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            cwd=cwd, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
