@@ -374,3 +374,20 @@ async def test_consent_withdrawn_after_a_connect_trigger_skips_it(env: Env) -> N
     running.stop()
     await task
     assert (status["status"], status["last_error"]) == ("skipped", "The participant withdrew consent.")
+
+
+async def test_a_send_slower_than_the_lease_keeps_its_claim(env: Env) -> None:
+    """Two live workers and a provider slower than the lease: the claim is renewed while the
+    send lasts, so the other worker never takes the delivery and it is sent once."""
+    env.app.state.runtime.settings.delivery_lease_seconds = 0.6
+    env.telegram.delay = 1.5
+    triggered = await env.trigger(message_text="Slow but once")
+    workers = [DeliveryWorker(env.app.state.runtime) for _ in range(2)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    status = await env.until(triggered["delivery_id"])
+    await asyncio.sleep(0.8)  # more than a lease more, in case a second send were coming
+    for w in workers:
+        w.stop()
+    await asyncio.gather(*tasks)
+    assert (status["status"], status["attempts"]) == ("sent", 1)
+    assert len(env.telegram.requests) == 1

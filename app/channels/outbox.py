@@ -141,6 +141,17 @@ async def record_failure(
     return values["status"]
 
 
+async def extend_lease(engine: AsyncEngine, delivery_id: int, now: datetime, lease_seconds: float) -> None:
+    """Keep a claim while its work lasts longer than a lease (a slow model writing the message,
+    a slow provider): only a dead worker's claims may expire and be taken again."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(D)
+            .where(D.c.id == delivery_id, D.c.status == DeliveryStatus.sending)
+            .values(lease_until=now + timedelta(seconds=lease_seconds))
+        )
+
+
 async def release_claims(engine: AsyncEngine, delivery_ids: list[int], now: datetime) -> None:
     """Give claims back unattempted (a worker stopping before it sent them): due at once, and
     the attempt the claim counted is not counted."""

@@ -7,7 +7,9 @@ on PostgreSQL a trigger in any process wakes every worker at once (``NOTIFY`` at
 ``LISTEN`` connection per worker); and it looks anyway every ``CHATBOTS_DELIVERY_POLL_SECONDS``
 (retries coming due, other processes on SQLite, a notification lost with its connection).
 
-Each send's outcome is written when it returns, before its slot takes another delivery.
+Each send's outcome is written when it returns, before its slot takes another delivery. A
+claim is renewed while its work lasts (a slow model or provider), so only a dead worker's
+claims expire and are taken again.
 ``stop()`` (SIGTERM) stops claiming, lets the sends in flight finish and record their outcome,
 and gives back any claim whose send never started.
 """
@@ -87,6 +89,7 @@ class DeliveryWorker:
         task.add_done_callback(done)
 
     async def _deliver(self, deps: Deps, delivery: DueDelivery) -> None:
+        heartbeat = asyncio.create_task(self._keep_claim(delivery))
         try:
             await process(deps, delivery)
         except asyncio.CancelledError:
@@ -100,6 +103,18 @@ class DeliveryWorker:
             # A bug or the database gone mid-way: the claim expires after the lease and the
             # delivery is taken again (at most the one resend the README's guarantee allows).
             log.exception("delivery %s failed unexpectedly", delivery.public_id)
+        finally:
+            heartbeat.cancel()
+
+    async def _keep_claim(self, delivery: DueDelivery) -> None:
+        """Renew the lease every third of it while the delivery is being worked on."""
+        lease = self.settings.delivery_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await outbox.extend_lease(self.runtime.engine, delivery.id, utcnow(), lease)
+            except Exception as exc:  # the database is away: the claim may lapse; keep trying
+                log.warning("cannot renew the claim of delivery %s: %s", delivery.public_id, type(exc).__name__)
 
 
 @contextlib.asynccontextmanager
