@@ -470,6 +470,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         *_fresh_section(results),
         *_trigger_section(results),
         *_deliveries_section(results),
+        *([f"### trigger_bot scenarios: not measured ({results['trigger_skipped']})", ""]
+          if results.get("trigger_skipped") else []),
         "### Targets",
         "",
         "| target | measured | result |",
