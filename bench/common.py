@@ -24,6 +24,19 @@ HISTORY_MESSAGES = 5000
 FRESH_CONCURRENCIES = (1, 64)
 NEW_USER_PREFIX = "bench-new"
 SYSTEM_PROMPT = "You are a benchmark bot. Answer briefly."
+# The trigger scenarios (bench/trigger.py): POST /api/trigger_bot with message_text, each to a
+# new telegram participant, by a team admin's write key; compared with new users' first
+# incoming_message (their own seeded users, apart from the fresh scenario's), and delivered
+# end to end to the fake Telegram Bot API (bench/fake_telegram.py).
+TRIGGER_CONCURRENCY = 32
+TRIGGER_USER_PREFIX = "bench-trig"
+ADMIN_EMAIL = "bench-admin@bench.example"
+TELEGRAM_BOT_TOKEN = "123456:bench-not-a-real-token"
+FAKE_TELEGRAM_LATENCY_MS = 50
+# CHATBOTS_DELIVERY_CONCURRENCY of the deliveries scenario: None = not set (the default, 8),
+# first; then a higher one.
+DELIVERY_CONCURRENCIES: tuple[int | None, ...] = (None, 32)
+DEFAULT_DELIVERY_CONCURRENCY = 8  # app/config.py's default, reported next to "not set"
 
 # A cell where the rest of the machine used more than this (% of one core) is marked as disturbed.
 QUIET_OTHER_PCT = 20.0
@@ -48,10 +61,18 @@ class Budget:
     # Measured requests of a fresh (and of its returning) cell: every one needs a user seeded in
     # advance, so fewer than a matrix cell's (the duration cap is cell_seconds all the same).
     fresh_requests: int
+    # The trigger scenario: trials (each an incoming_message cell and a trigger_bot cell, in
+    # alternating order) and measured requests per cell.
+    trigger_trials: int = 3
+    trigger_requests: int = 2000
+    # The deliveries scenario: deliveries per round, rounds per delivery concurrency.
+    delivery_count: int = 2000
+    delivery_trials: int = 3
 
 
 FULL = Budget(15, 3000, 10_000, 240, 6, 150, 4, 3, 10, 3, 1000)
-QUICK = Budget(4, 600, 2_000, 40, 1, 150, 3, 1, 6, 1, 300)
+QUICK = Budget(4, 600, 2_000, 40, 1, 150, 3, 1, 6, 1, 300, trigger_trials=2, trigger_requests=500,
+               delivery_count=500, delivery_trials=1)
 
 
 def cell_warmup(concurrency: int) -> int:
@@ -64,6 +85,11 @@ def new_users_needed(budget: Budget) -> int:
     every trial (a cell stopped by its duration cap uses fewer)."""
     per_trial = sum(cell_warmup(c) + budget.fresh_requests for c in FRESH_CONCURRENCIES)
     return budget.matrix_trials * per_trial
+
+
+def trigger_users_needed(budget: Budget) -> int:
+    """Users the trigger scenario's incoming_message cells can use up (one per request)."""
+    return budget.trigger_trials * (cell_warmup(TRIGGER_CONCURRENCY) + budget.trigger_requests)
 
 
 def shown(path: Path) -> str:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    FULL, HOST, LATENCIES, N_USERS, NEW_USER_PREFIX, PY, QUICK, QUIET_OTHER_PCT, ROOT,
-    SYSTEM_PROMPT, TEAM, log, new_users_needed,
+    ADMIN_EMAIL, FAKE_TELEGRAM_LATENCY_MS, FULL, HOST, LATENCIES, N_USERS, NEW_USER_PREFIX, PY,
+    QUICK, QUIET_OTHER_PCT, ROOT, SYSTEM_PROMPT, TEAM, TELEGRAM_BOT_TOKEN, TRIGGER_USER_PREFIX, log,
+    new_users_needed, trigger_users_needed,
 )  # fmt: skip
 from bench.loadgen import LoadResult, Request, run_load
 from bench.processes import (
@@ -71,6 +72,14 @@ class Bench:
         self.keys: list[str] = []
         self.new_keys: list[str] = []  # the fresh scenario's users, each used for one first contact
         self.new_keys_used = 0
+        # The trigger scenarios: a team admin's write key (trigger_bot needs admin or
+        # chatbot_admin), the latency-0 chatbot's telegram channel, the fake Telegram Bot API and
+        # the new users of the trigger scenario's incoming_message cells.
+        self.admin_key = ""
+        self.trigger_keys: list[str] = []
+        self.trigger_keys_used = 0
+        self.fake_telegram: Proc | None = None
+        self.fake_telegram_port = 0
         self.fake: Proc | None = None
         self.fake_port = 0
         self.service: Proc | None = None
@@ -109,6 +118,12 @@ class Bench:
         return json.loads(out.stdout) if "--json" in args else out.stdout
 
     # -- set-up -------------------------------------------------------------------------------
+    def runs(self, part: str) -> bool:
+        """Whether this run measures ``part`` ("matrix": everything but the trigger scenarios;
+        "trigger": those): ``--only`` picks one, by default both."""
+        only = getattr(self.args, "only", None)
+        return only is None or only == part
+
     def setup(self) -> None:
         log(f"PostgreSQL on {HOST}:{self.pg.port} (PGDATA {self.pg.pgdata})")
         url = self.pg.start()
@@ -123,6 +138,16 @@ class Bench:
                                             "--latency-ms", "0"])  # fmt: skip
         self.fake_port = wait_listening(self.fake)
         log(f"fake LLM on {HOST}:{self.fake_port}")
+        # Started whatever runs, so that no service of this run can ever reach the real Telegram
+        # (the trigger scenario's deliveries stay pending, but a worker could take them).
+        self.fake_telegram = self.spawn("fake_telegram", [
+            PY, "-m", "bench.fake_telegram", "--port", "0", "--latency-ms",
+            str(FAKE_TELEGRAM_LATENCY_MS), "--token", TELEGRAM_BOT_TOKEN,
+        ])  # fmt: skip
+        self.fake_telegram_port = wait_listening(self.fake_telegram)
+        self.env["CHATBOTS_TELEGRAM_API_BASE"] = f"http://{HOST}:{self.fake_telegram_port}"
+        log(f"fake Telegram Bot API on {HOST}:{self.fake_telegram_port} "
+            f"(sendMessage after {FAKE_TELEGRAM_LATENCY_MS} ms)")  # fmt: skip
 
         t0 = time.perf_counter()
         self.cli("db", "upgrade")
@@ -139,12 +164,38 @@ class Bench:
         self.keys = self.seed_users(N_USERS)
         log(f"migrated and seeded ({N_USERS} users with write keys, 2 chatbots) "
             f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        if self.runs("matrix"):
+            t0 = time.perf_counter()
+            n = new_users_needed(self.budget)
+            self.new_keys = self.seed_users(n, "--prefix", NEW_USER_PREFIX, "--bulk")
+            seconds = time.perf_counter() - t0
+            self.results["new_users_seed"] = {"users": n, "seconds": round(seconds, 2)}
+            log(f"seeded {n} new users for the fresh scenario (bulk) in {seconds:.1f}s")
+        if self.runs("trigger"):
+            try:
+                self.setup_trigger()
+            except Exception as exc:  # e.g. --rev of a commit before trigger_bot and channels
+                if self.args.only == "trigger":
+                    raise
+                self.results["trigger_skipped"] = f"set-up: {exc}"[-1000:]
+                log(f"trigger set-up failed, the trigger scenarios will be skipped: {exc}")
+
+    def setup_trigger(self) -> None:
+        """What trigger_bot needs: an admin's write key and a telegram channel on the latency-0
+        chatbot (its bot token the fake's); and the incoming_message side's new users."""
         t0 = time.perf_counter()
-        n = new_users_needed(self.budget)
-        self.new_keys = self.seed_users(n, "--prefix", NEW_USER_PREFIX, "--bulk")
+        self.cli("user", "create", "--email", ADMIN_EMAIL, "--team", TEAM, "--role", "admin",
+                 "--json")  # fmt: skip
+        key = self.cli("apikey", "create", "--email", ADMIN_EMAIL, "--team", TEAM, "--name",
+                       "bench trigger", "--write", "--json")  # fmt: skip
+        self.admin_key = key["key"]
+        self.cli("channel", "create", "--chatbot", self.chatbots[0], "--platform", "telegram",
+                 "--config", f"bot_token={TELEGRAM_BOT_TOKEN}", "--json")  # fmt: skip
+        n = trigger_users_needed(self.budget)
+        self.trigger_keys = self.seed_users(n, "--prefix", TRIGGER_USER_PREFIX, "--bulk")
         seconds = time.perf_counter() - t0
-        self.results["new_users_seed"] = {"users": n, "seconds": round(seconds, 2)}
-        log(f"seeded {n} new users for the fresh scenario (bulk) in {seconds:.1f}s")
+        self.results["trigger_setup"] = {"users": n, "seconds": round(seconds, 2)}
+        log(f"trigger set-up: admin key, telegram channel, {n} new users (bulk) in {seconds:.1f}s")
 
     def seed_users(self, count: int, *options: str) -> list[str]:
         """``count`` users made by ``bench/seed.py`` (one process): their write keys, in order."""
@@ -164,10 +215,22 @@ class Bench:
         self.new_keys_used += count
         return range(start, start + count)
 
-    def start_service(self, name: str = "service") -> tuple[Proc, int, float]:
+    def take_trigger_users(self, count: int) -> range:
+        """The next ``count`` unused indexes into ``trigger_keys``."""
+        start = self.trigger_keys_used
+        if start + count > len(self.trigger_keys):
+            raise RuntimeError(f"only {len(self.trigger_keys) - start} trigger users left, {count} wanted")
+        self.trigger_keys_used += count
+        return range(start, start + count)
+
+    def start_service(
+        self, name: str = "service", env: dict[str, str] | None = None
+    ) -> tuple[Proc, int, float]:
+        """``chatbots serve --workers 1`` on a free port; ``env`` adds to (or overrides) the
+        run's environment (e.g. CHATBOTS_WORKER_IN_PROCESS)."""
         port = free_port()
         cmd = [*chatbots_cmd(), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
-        proc = self.spawn(name, cmd)
+        proc = self.spawn(name, cmd, self.env | env if env else None)
         seconds = wait_healthz(port, proc)
         return proc, port, seconds
 
@@ -193,6 +256,22 @@ class Bench:
         url = f"http://{HOST}:{self.service_port}/channels/api/{self.chatbots[latency]}/incoming_message"
         body = json.dumps({"message": text})
         return Request.build("POST", url, {"X-api-key": key}, body, label=label)
+
+    def trigger_user_request(self, index: int) -> Request:
+        """The trigger scenario's incoming_message side: new user ``index``'s first message
+        (LLM latency 0): a new participant and session, as a trigger makes."""
+        text = f"hello from trigger-scenario user {index}"
+        return self.incoming_request(0, self.trigger_keys[index], text, f"trig-{index}")
+
+    def trigger_request(self, identifier: str, text: str | None = None) -> Request:
+        """POST /api/trigger_bot: ``message_text`` to telegram participant ``identifier`` of the
+        latency-0 chatbot, by the admin's key."""
+        url = f"http://{HOST}:{self.service_port}/api/trigger_bot"
+        body = json.dumps({
+            "identifier": identifier, "platform": "telegram", "experiment": self.chatbots[0],
+            "message_text": text or f"Reminder for {identifier}: your appointment is tomorrow.",
+        })  # fmt: skip
+        return Request.build("POST", url, {"X-api-key": self.admin_key}, body, label=identifier)
 
     def floor_request(self, latency: int, user: int) -> Request:
         url = f"http://{HOST}:{self.fake_port}/v1/chat/completions"
