@@ -41,6 +41,12 @@ class Runtime:
     # every worker is also woken by NOTIFY; elsewhere other processes' workers poll).
     deliveries_due: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def deliveries_added(self) -> None:
+        """Wake this process's delivery worker, unless the trigger's NOTIFY does (PostgreSQL):
+        one wake-up, one claim."""
+        if self.driver_pool is None:
+            self.deliveries_due.set()
+
 
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:

@@ -391,3 +391,25 @@ async def test_a_send_slower_than_the_lease_keeps_its_claim(env: Env) -> None:
     await asyncio.gather(*tasks)
     assert (status["status"], status["attempts"]) == ("sent", 1)
     assert len(env.telegram.requests) == 1
+
+
+async def test_a_message_is_written_once_even_by_two_workers(env: Env) -> None:
+    """Two workers that both wrote the message (the first's lease lapsed mid-write): the second
+    link finds the first and sends its text; one AI message is stored."""
+    import dataclasses
+    import random
+
+    from app.channels import outbox
+    from app.channels.base import SendContext
+    from app.services.delivery import Deps, _write_once
+
+    triggered = await env.trigger(message_text="First words")
+    runtime = env.app.state.runtime
+    [claimed] = await outbox.claim_due_deliveries(runtime.engine, now=utcnow(), limit=1, lease_seconds=60)
+    async with httpx.AsyncClient() as http:
+        deps = Deps(runtime.engine, runtime.store, runtime.llm, runtime.settings,
+                    SendContext(http, runtime.settings), {}, random.Random(1))  # fmt: skip
+        first = await _write_once(deps, claimed, None)
+        second = await _write_once(deps, dataclasses.replace(claimed, message_text="Other words"), None)
+    assert (first, second) == ("First words", "First words")
+    assert await env.ai_messages(triggered["session_id"]) == ["First words"]

@@ -18,6 +18,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.channels.base import SendFailed
+from app.db import one_statement
 from app.models import Delivery, DeliveryStatus
 
 D = Delivery.__table__
@@ -75,7 +76,7 @@ async def claim_due_deliveries(
     """Up to ``limit`` due deliveries (pending and due, or sending with an expired lease),
     oldest first, now ``sending`` under a lease for this worker."""
     params = {"now": now, "limit": limit, "lease_until": now + timedelta(seconds=lease_seconds)}
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         rows = (await conn.execute(_CLAIM, params)).all()
     return sorted((DueDelivery(*row) for row in rows), key=lambda d: d.id)
 
@@ -93,7 +94,7 @@ def _finish(delivery_id: int, **values: Any) -> Any:
 async def record_sent(
     engine: AsyncEngine, delivery_id: int, provider_message_id: str | None, now: datetime
 ) -> None:
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         await conn.execute(_finish(
             delivery_id, status=DeliveryStatus.sent, provider_message_id=provider_message_id,
             sent_at=now, updated_at=now, last_error=None,
@@ -101,7 +102,7 @@ async def record_sent(
 
 
 async def record_skipped(engine: AsyncEngine, delivery_id: int, reason: str, now: datetime) -> None:
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         await conn.execute(_finish(
             delivery_id, status=DeliveryStatus.skipped, last_error=reason, updated_at=now
         ))  # fmt: skip
@@ -136,7 +137,7 @@ async def record_failure(
     else:
         delay = retry_delay(delivery.attempts, backoff_seconds, failure.retry_after, rng)
         values = {"status": DeliveryStatus.pending, "next_attempt_at": now + timedelta(seconds=delay)}
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         await conn.execute(_finish(delivery.id, last_error=error, updated_at=now, **values))
     return values["status"]
 
@@ -144,7 +145,7 @@ async def record_failure(
 async def extend_lease(engine: AsyncEngine, delivery_id: int, now: datetime, lease_seconds: float) -> None:
     """Keep a claim while its work lasts longer than a lease (a slow model writing the message,
     a slow provider): only a dead worker's claims may expire and be taken again."""
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         await conn.execute(
             update(D)
             .where(D.c.id == delivery_id, D.c.status == DeliveryStatus.sending)
@@ -157,7 +158,7 @@ async def release_claims(engine: AsyncEngine, delivery_ids: list[int], now: date
     the attempt the claim counted is not counted."""
     if not delivery_ids:
         return
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         await conn.execute(
             update(D)
             .where(D.c.id.in_(delivery_ids), D.c.status == DeliveryStatus.sending)

@@ -60,7 +60,7 @@ async def trigger_bot_message(
     the background, with retries; follow it at `GET /api/deliveries/{delivery_id}`. A repeat
     with the same `Idempotency-Key` answers as the first and sends nothing."""
     result = await trigger_bot(store, principal, body, idempotency_key)
-    request.app.state.runtime.deliveries_due.set()  # this process's worker, at once
+    request.app.state.runtime.deliveries_added()  # this process's worker, at once
     return result.body()
 
 

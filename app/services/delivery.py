@@ -25,7 +25,7 @@ from app.channels.base import OutboundMessage, SendContext, SendFailed, Sender
 from app.channels.outbox import DueDelivery
 from app.config import Settings
 from app.crypto import decrypt_config
-from app.db import utcnow
+from app.db import one_statement, utcnow
 from app.errors import DomainError
 from app.llm import LlmClient
 from app.models import Chatbot, DeliveryStatus, MessageRole
@@ -85,7 +85,7 @@ class Deps:
 async def process(deps: Deps, delivery: DueDelivery) -> str:
     """Take one claimed delivery as far as it goes now; returns its new status."""
     engine, now = deps.engine, utcnow()
-    async with engine.connect() as conn:
+    async with one_statement(engine, read_only=True) as conn:
         context = (await conn.execute(CONTEXT, {"delivery_id": delivery.id})).mappings().first()
     if context is None:  # its session or channel was deleted: nothing left to deliver
         return DeliveryStatus.skipped
@@ -151,7 +151,7 @@ async def _failed(deps: Deps, delivery: DueDelivery, failure: SendFailed) -> str
 async def _write_once(deps: Deps, delivery: DueDelivery, context: Any) -> str:
     """The message's text, stored as the session's AI message and linked to the delivery. Two
     workers that both wrote one (a lease that expired mid-write) store only the first: the
-    delivery row is locked while it is linked, and the second sends the first's text."""
+    second's link finds the delivery linked, rolls its message back and sends the first's text."""
     metadata: dict[str, Any] = {"delivery_id": str(delivery.public_id)}
     version_label = None
     if delivery.message_text is not None:
@@ -159,23 +159,31 @@ async def _write_once(deps: Deps, delivery: DueDelivery, context: Any) -> str:
     else:
         text, version_label, written = await _write(deps, delivery, context)
         metadata.update(written)
-    async with deps.engine.begin() as conn:
-        linked = await conn.scalar(
-            select(D.c.message_id).where(D.c.id == delivery.id).with_for_update()
-        )
-        if linked is not None:
-            return await conn.scalar(select(M.c.content).where(M.c.id == linked))
-        now = utcnow()
-        message_id = await conn.scalar(
-            insert(M)
-            .values(session_id=delivery.session_id, role=MessageRole.ai, content=text,
-                    metadata=metadata, version_label=version_label, hidden=False,
-                    created_at=now)  # fmt: skip
-            .returning(M.c.id)
-        )
-        await conn.execute(update(D).where(D.c.id == delivery.id).values(message_id=message_id))
-        await conn.execute(update(S).where(S.c.id == delivery.session_id).values(last_activity_at=now))
+    try:
+        async with deps.engine.begin() as conn:
+            now = utcnow()
+            message_id = await conn.scalar(
+                insert(M)
+                .values(session_id=delivery.session_id, role=MessageRole.ai, content=text,
+                        metadata=metadata, version_label=version_label, hidden=False,
+                        created_at=now)  # fmt: skip
+                .returning(M.c.id)
+            )
+            # Waits for a concurrent writer's link (the row lock), then sees it: nothing to do.
+            linked = await conn.execute(
+                update(D).where(D.c.id == delivery.id, D.c.message_id.is_(None)).values(message_id=message_id)
+            )
+            if linked.rowcount == 0:
+                raise _AlreadyWritten()  # rolls this message back
+            await conn.execute(update(S).where(S.c.id == delivery.session_id).values(last_activity_at=now))
+    except _AlreadyWritten:
+        async with one_statement(deps.engine, read_only=True) as conn:
+            return await conn.scalar(select(M.c.content).join(D, D.c.message_id == M.c.id).where(D.c.id == delivery.id))
     return text
+
+
+class _AlreadyWritten(Exception):
+    pass
 
 
 async def _write(deps: Deps, delivery: DueDelivery, context: Any) -> tuple[str, str, dict[str, Any]]:
@@ -186,7 +194,7 @@ async def _write(deps: Deps, delivery: DueDelivery, context: Any) -> tuple[str, 
     if target is None or target.bot is None:
         raise SendFailed(CHATBOT_ARCHIVED, permanent=True)
     bot, session_id = target.bot, context["session_external_id"]
-    async with deps.engine.connect() as conn:
+    async with one_statement(deps.engine, read_only=True) as conn:
         history = st.stored_messages(
             await conn.execute(st.RECENT_HISTORY, {"session_id": delivery.session_id,
                                                    "history_limit": bot_message.HISTORY_MESSAGES})
@@ -202,7 +210,7 @@ async def _write(deps: Deps, delivery: DueDelivery, context: Any) -> tuple[str, 
 async def _withdraw_consent(engine: AsyncEngine, context: Any) -> None:
     """The participant blocked the bot: later deliveries to them are skipped without a send."""
     metadata = {**(context["system_metadata"] or {}), "consent": False}
-    async with engine.begin() as conn:
+    async with one_statement(engine) as conn:
         await conn.execute(
             update(PD)
             .where(PD.c.participant_id == context["participant_row_id"],
