@@ -80,17 +80,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def one_statement(engine: AsyncEngine, *, read_only: bool = False) -> Any:
-    """A connection for work that is a single statement (atomic by itself): on PostgreSQL in
-    autocommit, one round trip instead of three (BEGIN, the statement, COMMIT); elsewhere a
-    transaction of its own, as SQLite's locks want (above: a read takes no write lock)."""
-    if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="AUTOCOMMIT").connect()
-    if read_only:
-        return engine.execution_options(**{READ_ONLY: True}).connect()
-    return engine.begin()
-
-
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -405,9 +405,9 @@ async def test_a_message_is_written_once_even_by_two_workers(env: Env) -> None:
 
     triggered = await env.trigger(message_text="First words")
     runtime = env.app.state.runtime
-    [claimed] = await outbox.claim_due_deliveries(runtime.engine, now=utcnow(), limit=1, lease_seconds=60)
+    [claimed] = await outbox.claim_due_deliveries(runtime.store, now=utcnow(), limit=1, lease_seconds=60)
     async with httpx.AsyncClient() as http:
-        deps = Deps(runtime.engine, runtime.store, runtime.llm, runtime.settings,
+        deps = Deps(runtime.store, runtime.llm, runtime.settings,
                     SendContext(http, runtime.settings), {}, random.Random(1))  # fmt: skip
         first = await _write_once(deps, claimed, None)
         second = await _write_once(deps, dataclasses.replace(claimed, message_text="Other words"), None)

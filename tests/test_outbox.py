@@ -54,7 +54,7 @@ ALL = 100_000
 
 
 async def claim(app, limit: int = ALL, now=None):  # type: ignore[no-untyped-def]
-    return await outbox.claim_due_deliveries(app.state.engine, now=now or utcnow(), limit=limit,
+    return await outbox.claim_due_deliveries(app.state.runtime.store, now=now or utcnow(), limit=limit,
                                              lease_seconds=LEASE)  # fmt: skip
 
 
@@ -95,7 +95,7 @@ async def test_sent_records_the_providers_id(app, db, make_delivery):
     delivery_id = await make_delivery()
     (delivery,) = [d for d in await claim(app) if d.id == delivery_id]
     now = utcnow()
-    await outbox.record_sent(app.state.engine, delivery.id, "tg-981", now)
+    await outbox.record_sent(app.state.runtime.store, delivery.id, "tg-981", now)
     stored = await row(db, delivery_id)
     assert (stored.status, stored.provider_message_id, stored.sent_at, stored.lease_until) == (
         DeliveryStatus.sent, "tg-981", now, None)  # fmt: skip
@@ -106,7 +106,7 @@ async def test_a_transient_failure_comes_back_later_and_honours_retry_after(app,
     (delivery,) = [d for d in await claim(app) if d.id == delivery_id]
     now = utcnow()
     failure = SendFailed("429: slow down", permanent=False, retry_after=600)
-    status = await outbox.record_failure(app.state.engine, delivery, failure, now, max_attempts=6,
+    status = await outbox.record_failure(app.state.runtime.store, delivery, failure, now, max_attempts=6,
                                          backoff_seconds=30, rng=RNG)  # fmt: skip
     stored = await row(db, delivery_id)
     assert status == stored.status == DeliveryStatus.pending
@@ -123,8 +123,8 @@ async def test_a_permanent_failure_or_the_last_attempt_fails_at_once(app, db, ma
     kwargs = {"max_attempts": 6, "backoff_seconds": 30, "rng": RNG}
     bad = SendFailed("400: chat not found", permanent=True)
     busy = SendFailed("503: busy", permanent=False)
-    assert await outbox.record_failure(app.state.engine, claimed[permanent], bad, now, **kwargs) == "failed"
-    assert await outbox.record_failure(app.state.engine, claimed[exhausted], busy, now, **kwargs) == "failed"
+    assert await outbox.record_failure(app.state.runtime.store, claimed[permanent], bad, now, **kwargs) == "failed"
+    assert await outbox.record_failure(app.state.runtime.store, claimed[exhausted], busy, now, **kwargs) == "failed"
     assert (await row(db, permanent)).last_error == "400: chat not found"
     assert (await row(db, exhausted)).attempts == 6
 
@@ -136,8 +136,8 @@ async def test_an_outcome_is_not_recorded_over_another_workers_claim(app, db, ma
     (slow,) = [d for d in await claim(app) if d.id == delivery_id]
     later = utcnow() + timedelta(seconds=LEASE + 1)
     (fast,) = [d for d in await claim(app, now=later) if d.id == delivery_id]
-    await outbox.record_sent(app.state.engine, fast.id, "second", later)
-    await outbox.record_failure(app.state.engine, slow, SendFailed("x", permanent=True), later,
+    await outbox.record_sent(app.state.runtime.store, fast.id, "second", later)
+    await outbox.record_failure(app.state.runtime.store, slow, SendFailed("x", permanent=True), later,
                                 max_attempts=6, backoff_seconds=30, rng=RNG)  # fmt: skip
     stored = await row(db, delivery_id)
     assert (stored.status, stored.provider_message_id) == (DeliveryStatus.sent, "second")
@@ -146,7 +146,7 @@ async def test_an_outcome_is_not_recorded_over_another_workers_claim(app, db, ma
 async def test_released_claims_are_due_again_without_counting_an_attempt(app, db, make_delivery):
     delivery_id = await make_delivery()
     assert mine(await claim(app), [delivery_id]) == [delivery_id]
-    await outbox.release_claims(app.state.engine, [delivery_id], utcnow())
+    await outbox.release_claim(app.state.runtime.store, delivery_id, utcnow())
     stored = await row(db, delivery_id)
     assert (stored.status, stored.attempts, stored.lease_until) == (DeliveryStatus.pending, 0, None)
     assert mine(await claim(app), [delivery_id]) == [delivery_id]

@@ -1,6 +1,6 @@
 """The delivery outbox (SPEC §6): claiming due deliveries under a lease and recording each
-attempt's outcome, on any database through SQLAlchemy Core (the delivery worker's pace, not a
-turn's, so one implementation serves both).
+attempt's outcome: SQLAlchemy Core statements, module constants run through the store
+(``TurnStore.statements``: compiled once for asyncpg on PostgreSQL, one round trip each).
 
 A claim is one ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)``: on
 PostgreSQL any number of workers on any number of machines take disjoint batches without
@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import String, and_, bindparam, or_, select, update
 
 from app.channels.base import SendFailed
-from app.db import one_statement
 from app.models import Delivery, DeliveryStatus
+from app.stores.base import TurnStore
 
 D = Delivery.__table__
+_TIME = D.c.updated_at.type
+NOW = bindparam("now", type_=_TIME)
 # A transient failure's error text is kept short: it is for people reading the status.
 MAX_ERROR_CHARS = 1000
 
@@ -42,10 +43,10 @@ class DueDelivery:
 
 
 _DUE = or_(
-    and_(D.c.status == DeliveryStatus.pending, D.c.next_attempt_at <= bindparam("now")),
-    and_(D.c.status == DeliveryStatus.sending, D.c.lease_until < bindparam("now")),
+    and_(D.c.status == DeliveryStatus.pending, D.c.next_attempt_at <= NOW),
+    and_(D.c.status == DeliveryStatus.sending, D.c.lease_until < NOW),
 )
-_CLAIM = (
+CLAIM = (
     update(D)
     .where(
         D.c.id.in_(
@@ -59,9 +60,9 @@ _CLAIM = (
     )
     .values(
         status=DeliveryStatus.sending,
-        lease_until=bindparam("lease_until"),
+        lease_until=bindparam("lease_until", type_=_TIME),
         attempts=D.c.attempts + 1,
-        updated_at=bindparam("now"),
+        updated_at=NOW,
     )
     .returning(
         D.c.id, D.c.public_id, D.c.team_id, D.c.session_id, D.c.channel_id, D.c.message_id,
@@ -71,41 +72,63 @@ _CLAIM = (
 
 
 async def claim_due_deliveries(
-    engine: AsyncEngine, *, now: datetime, limit: int, lease_seconds: float
+    store: TurnStore, *, now: datetime, limit: int, lease_seconds: float
 ) -> list[DueDelivery]:
     """Up to ``limit`` due deliveries (pending and due, or sending with an expired lease),
     oldest first, now ``sending`` under a lease for this worker."""
     params = {"now": now, "limit": limit, "lease_until": now + timedelta(seconds=lease_seconds)}
-    async with one_statement(engine) as conn:
-        rows = (await conn.execute(_CLAIM, params)).all()
-    return sorted((DueDelivery(*row) for row in rows), key=lambda d: d.id)
+    async with store.statements() as db:
+        rows = await db.all(CLAIM, params)
+    return sorted((DueDelivery(*row.values()) for row in rows), key=lambda d: d.id)
 
 
-def _finish(delivery_id: int, **values: Any) -> Any:
+_DELIVERY = bindparam("delivery_id")
+_ERROR = bindparam("error", type_=String)
+
+
+def _finish(**values: Any) -> Any:
     # Only while this worker's claim stands: a worker whose lease expired and whose delivery
     # another worker took must not overwrite that worker's outcome.
     return (
         update(D)
-        .where(D.c.id == delivery_id, D.c.status == DeliveryStatus.sending)
-        .values(lease_until=None, **values)
+        .where(D.c.id == _DELIVERY, D.c.status == DeliveryStatus.sending)
+        .values(lease_until=None, updated_at=NOW, **values)
     )
 
 
+RECORD_SENT = _finish(
+    status=DeliveryStatus.sent, provider_message_id=bindparam("provider_message_id", type_=String),
+    sent_at=NOW, last_error=None,
+)  # fmt: skip
+RECORD_SKIPPED = _finish(status=DeliveryStatus.skipped, last_error=_ERROR)
+RECORD_FAILED = _finish(status=DeliveryStatus.failed, last_error=_ERROR)
+RECORD_RETRY = _finish(
+    status=DeliveryStatus.pending, last_error=_ERROR,
+    next_attempt_at=bindparam("next_attempt_at", type_=_TIME),
+)  # fmt: skip
+# Given back unattempted (a worker stopping before it sent it): due at once, and the attempt the
+# claim counted is not counted.
+RELEASE = _finish(status=DeliveryStatus.pending, next_attempt_at=NOW, attempts=D.c.attempts - 1)
+EXTEND_LEASE = (
+    update(D)
+    .where(D.c.id == _DELIVERY, D.c.status == DeliveryStatus.sending)
+    .values(lease_until=bindparam("lease_until", type_=_TIME))
+)
+
+
+async def _run(store: TurnStore, statement: Any, **params: Any) -> None:
+    async with store.statements() as db:
+        await db.execute(statement, params)
+
+
 async def record_sent(
-    engine: AsyncEngine, delivery_id: int, provider_message_id: str | None, now: datetime
+    store: TurnStore, delivery_id: int, provider_message_id: str | None, now: datetime
 ) -> None:
-    async with one_statement(engine) as conn:
-        await conn.execute(_finish(
-            delivery_id, status=DeliveryStatus.sent, provider_message_id=provider_message_id,
-            sent_at=now, updated_at=now, last_error=None,
-        ))  # fmt: skip
+    await _run(store, RECORD_SENT, delivery_id=delivery_id, provider_message_id=provider_message_id, now=now)
 
 
-async def record_skipped(engine: AsyncEngine, delivery_id: int, reason: str, now: datetime) -> None:
-    async with one_statement(engine) as conn:
-        await conn.execute(_finish(
-            delivery_id, status=DeliveryStatus.skipped, last_error=reason, updated_at=now
-        ))  # fmt: skip
+async def record_skipped(store: TurnStore, delivery_id: int, reason: str, now: datetime) -> None:
+    await _run(store, RECORD_SKIPPED, delivery_id=delivery_id, error=reason, now=now)
 
 
 def retry_delay(
@@ -119,7 +142,7 @@ def retry_delay(
 
 
 async def record_failure(
-    engine: AsyncEngine,
+    store: TurnStore,
     delivery: DueDelivery,
     failure: SendFailed,
     now: datetime,
@@ -133,35 +156,20 @@ async def record_failure(
     status."""
     error = failure.reason[:MAX_ERROR_CHARS]
     if failure.permanent or delivery.attempts >= max_attempts:
-        values: dict[str, Any] = {"status": DeliveryStatus.failed}
-    else:
-        delay = retry_delay(delivery.attempts, backoff_seconds, failure.retry_after, rng)
-        values = {"status": DeliveryStatus.pending, "next_attempt_at": now + timedelta(seconds=delay)}
-    async with one_statement(engine) as conn:
-        await conn.execute(_finish(delivery.id, last_error=error, updated_at=now, **values))
-    return values["status"]
+        await _run(store, RECORD_FAILED, delivery_id=delivery.id, error=error, now=now)
+        return DeliveryStatus.failed
+    delay = retry_delay(delivery.attempts, backoff_seconds, failure.retry_after, rng)
+    await _run(store, RECORD_RETRY, delivery_id=delivery.id, error=error, now=now,
+               next_attempt_at=now + timedelta(seconds=delay))  # fmt: skip
+    return DeliveryStatus.pending
 
 
-async def extend_lease(engine: AsyncEngine, delivery_id: int, now: datetime, lease_seconds: float) -> None:
+async def extend_lease(store: TurnStore, delivery_id: int, now: datetime, lease_seconds: float) -> None:
     """Keep a claim while its work lasts longer than a lease (a slow model writing the message,
     a slow provider): only a dead worker's claims may expire and be taken again."""
-    async with one_statement(engine) as conn:
-        await conn.execute(
-            update(D)
-            .where(D.c.id == delivery_id, D.c.status == DeliveryStatus.sending)
-            .values(lease_until=now + timedelta(seconds=lease_seconds))
-        )
+    await _run(store, EXTEND_LEASE, delivery_id=delivery_id, lease_until=now + timedelta(seconds=lease_seconds))
 
 
-async def release_claims(engine: AsyncEngine, delivery_ids: list[int], now: datetime) -> None:
-    """Give claims back unattempted (a worker stopping before it sent them): due at once, and
-    the attempt the claim counted is not counted."""
-    if not delivery_ids:
-        return
-    async with one_statement(engine) as conn:
-        await conn.execute(
-            update(D)
-            .where(D.c.id.in_(delivery_ids), D.c.status == DeliveryStatus.sending)
-            .values(status=DeliveryStatus.pending, lease_until=None, next_attempt_at=now,
-                    attempts=D.c.attempts - 1, updated_at=now)  # fmt: skip
-        )
+async def release_claim(store: TurnStore, delivery_id: int, now: datetime) -> None:
+    """Give a claim back unattempted: due at once, its attempt not counted."""
+    await _run(store, RELEASE, delivery_id=delivery_id, now=now)

@@ -17,15 +17,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Integer, String, Text, and_, bindparam, func, insert, select, update
 
 from app.channels import outbox
 from app.channels.base import OutboundMessage, SendContext, SendFailed, Sender
 from app.channels.outbox import DueDelivery
 from app.config import Settings
 from app.crypto import decrypt_config
-from app.db import one_statement, utcnow
+from app.db import utcnow
 from app.errors import DomainError
 from app.llm import LlmClient
 from app.models import Chatbot, DeliveryStatus, MessageRole
@@ -67,13 +66,38 @@ CONTEXT = (
     .outerjoin(M, M.c.id == D.c.message_id)
     .where(D.c.id == bindparam("delivery_id"))
 )
+STORE_MESSAGE = (
+    insert(M)
+    .values(
+        session_id=bindparam("p_session_id", type_=Integer), role=MessageRole.ai,
+        content=bindparam("p_content", type_=Text), metadata=bindparam("p_metadata", type_=M.c.metadata.type),
+        version_label=bindparam("p_version_label", type_=String), hidden=False,
+        created_at=bindparam("now", type_=M.c.created_at.type),
+    )  # fmt: skip
+    .returning(M.c.id)
+)
+LINK_MESSAGE = (
+    update(D)
+    .where(D.c.id == bindparam("delivery_id"), D.c.message_id.is_(None))
+    .values(message_id=bindparam("p_message_id", type_=D.c.message_id.type))
+    .returning(D.c.id)
+)
+TOUCH_SESSION = (
+    update(S).where(S.c.id == st.SESSION_ID).values(last_activity_at=bindparam("now", type_=S.c.last_activity_at.type))
+)
+LINKED_TEXT = select(M.c.content).join(D, D.c.message_id == M.c.id).where(D.c.id == bindparam("delivery_id"))
+WITHDRAW_CONSENT = (
+    update(PD)
+    .where(PD.c.participant_id == bindparam("p_participant_id", type_=Integer),
+           PD.c.chatbot_id == bindparam("p_chatbot_id", type_=Integer))
+    .values(system_metadata=bindparam("p_metadata", type_=PD.c.system_metadata.type))
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Deps:
     """What processing a delivery uses: the database, the model, the senders."""
 
-    engine: AsyncEngine
     store: TurnStore
     llm: LlmClient
     settings: Settings
@@ -84,14 +108,14 @@ class Deps:
 
 async def process(deps: Deps, delivery: DueDelivery) -> str:
     """Take one claimed delivery as far as it goes now; returns its new status."""
-    engine, now = deps.engine, utcnow()
-    async with one_statement(engine, read_only=True) as conn:
-        context = (await conn.execute(CONTEXT, {"delivery_id": delivery.id})).mappings().first()
+    store, now = deps.store, utcnow()
+    async with store.statements(read_only=True) as db:
+        context = await db.first(CONTEXT, {"delivery_id": delivery.id})
     if context is None:  # its session or channel was deleted: nothing left to deliver
         return DeliveryStatus.skipped
     reason = skip_reason(delivery.platform, context)
     if reason is not None:
-        await outbox.record_skipped(engine, delivery.id, reason, now)
+        await outbox.record_skipped(store, delivery.id, reason, now)
         return DeliveryStatus.skipped
     try:
         text = context["message"]
@@ -116,13 +140,13 @@ async def process(deps: Deps, delivery: DueDelivery) -> str:
         result = await sender.send(deps.send_context, message, config)
     except SendFailed as failure:
         if failure.consent_withdrawn:
-            await _withdraw_consent(engine, context)
-            await outbox.record_skipped(engine, delivery.id, f"{CONSENT_WITHDRAWN}: {failure.reason}", utcnow())
+            await _withdraw_consent(store, context)
+            await outbox.record_skipped(store, delivery.id, f"{CONSENT_WITHDRAWN}: {failure.reason}", utcnow())
             return DeliveryStatus.skipped
         return await _failed(deps, delivery, failure)
     except DomainError as exc:  # the model could not write the message: try again later
         return await _failed(deps, delivery, SendFailed(exc.detail, permanent=False))
-    await outbox.record_sent(engine, delivery.id, result.provider_message_id, utcnow())
+    await outbox.record_sent(store, delivery.id, result.provider_message_id, utcnow())
     return DeliveryStatus.sent
 
 
@@ -141,7 +165,7 @@ def skip_reason(platform: str, context: Any) -> str | None:
 
 async def _failed(deps: Deps, delivery: DueDelivery, failure: SendFailed) -> str:
     return await outbox.record_failure(
-        deps.engine, delivery, failure, utcnow(),
+        deps.store, delivery, failure, utcnow(),
         max_attempts=deps.settings.delivery_max_attempts,
         backoff_seconds=deps.settings.delivery_backoff_seconds,
         rng=deps.rng,
@@ -159,26 +183,23 @@ async def _write_once(deps: Deps, delivery: DueDelivery, context: Any) -> str:
     else:
         text, version_label, written = await _write(deps, delivery, context)
         metadata.update(written)
+    now = utcnow()
     try:
-        async with deps.engine.begin() as conn:
-            now = utcnow()
-            message_id = await conn.scalar(
-                insert(M)
-                .values(session_id=delivery.session_id, role=MessageRole.ai, content=text,
-                        metadata=metadata, version_label=version_label, hidden=False,
-                        created_at=now)  # fmt: skip
-                .returning(M.c.id)
-            )
+        async with deps.store.statements(transaction=True) as db:
+            stored = await db.first(STORE_MESSAGE, {
+                "p_session_id": delivery.session_id, "p_content": text, "p_metadata": metadata,
+                "p_version_label": version_label, "now": now,
+            })  # fmt: skip
+            assert stored is not None
             # Waits for a concurrent writer's link (the row lock), then sees it: nothing to do.
-            linked = await conn.execute(
-                update(D).where(D.c.id == delivery.id, D.c.message_id.is_(None)).values(message_id=message_id)
-            )
-            if linked.rowcount == 0:
+            if await db.first(LINK_MESSAGE, {"delivery_id": delivery.id, "p_message_id": stored["id"]}) is None:
                 raise _AlreadyWritten()  # rolls this message back
-            await conn.execute(update(S).where(S.c.id == delivery.session_id).values(last_activity_at=now))
+            await db.execute(TOUCH_SESSION, {"session_id": delivery.session_id, "now": now})
     except _AlreadyWritten:
-        async with one_statement(deps.engine, read_only=True) as conn:
-            return await conn.scalar(select(M.c.content).join(D, D.c.message_id == M.c.id).where(D.c.id == delivery.id))
+        async with deps.store.statements(read_only=True) as db:
+            linked = await db.first(LINKED_TEXT, {"delivery_id": delivery.id})
+        assert linked is not None
+        return linked["content"]
     return text
 
 
@@ -194,11 +215,10 @@ async def _write(deps: Deps, delivery: DueDelivery, context: Any) -> tuple[str, 
     if target is None or target.bot is None:
         raise SendFailed(CHATBOT_ARCHIVED, permanent=True)
     bot, session_id = target.bot, context["session_external_id"]
-    async with one_statement(deps.engine, read_only=True) as conn:
-        history = st.stored_messages(
-            await conn.execute(st.RECENT_HISTORY, {"session_id": delivery.session_id,
-                                                   "history_limit": bot_message.HISTORY_MESSAGES})
-        )  # fmt: skip
+    async with deps.store.statements(read_only=True) as db:
+        rows = await db.all(st.RECENT_HISTORY, {"session_id": delivery.session_id,
+                                                "history_limit": bot_message.HISTORY_MESSAGES})  # fmt: skip
+    history = st.stored_messages([tuple(row.values()) for row in rows])
     config = llm_config_for(bot, target.provider, deps.settings.effective_secret_key, session_id)
     messages = bot_message.message_request(
         bot, delivery.prompt_text or "", history, context["participant_data"] or {}, context["state"] or {}
@@ -207,13 +227,9 @@ async def _write(deps: Deps, delivery: DueDelivery, context: Any) -> tuple[str, 
     return completion.text, bot.version_label, completion_metadata(completion)
 
 
-async def _withdraw_consent(engine: AsyncEngine, context: Any) -> None:
+async def _withdraw_consent(store: TurnStore, context: Any) -> None:
     """The participant blocked the bot: later deliveries to them are skipped without a send."""
     metadata = {**(context["system_metadata"] or {}), "consent": False}
-    async with one_statement(engine) as conn:
-        await conn.execute(
-            update(PD)
-            .where(PD.c.participant_id == context["participant_row_id"],
-                   PD.c.chatbot_id == context["chatbot_id"])
-            .values(system_metadata=metadata)
-        )  # fmt: skip
+    async with store.statements() as db:
+        await db.execute(WITHDRAW_CONSENT, {"p_participant_id": context["participant_row_id"],
+                                            "p_chatbot_id": context["chatbot_id"], "p_metadata": metadata})  # fmt: skip

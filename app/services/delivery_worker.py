@@ -53,7 +53,7 @@ class DeliveryWorker:
             httpx.AsyncClient(follow_redirects=False) as http,
             _notifications(self.runtime, wake) as listening,
         ):
-            deps = Deps(self.runtime.engine, self.runtime.store, self.runtime.llm, settings,
+            deps = Deps(self.runtime.store, self.runtime.llm, settings,
                         SendContext(http, settings), self.senders, random.Random())  # fmt: skip
             while not self._stopping.is_set():
                 wake.clear()  # before claiming: a wake-up during the claim is not lost
@@ -71,7 +71,7 @@ class DeliveryWorker:
     async def _claim(self, limit: int) -> list[DueDelivery]:
         try:
             return await outbox.claim_due_deliveries(
-                self.runtime.engine, now=utcnow(), limit=limit,
+                self.runtime.store, now=utcnow(), limit=limit,
                 lease_seconds=self.settings.delivery_lease_seconds,
             )  # fmt: skip
         except Exception as exc:  # the database is away: look again at the next poll
@@ -97,7 +97,7 @@ class DeliveryWorker:
             # expire. Had the provider already accepted the message, this is the one resend
             # the guarantee allows, as an expired lease would be.
             with contextlib.suppress(Exception):
-                await asyncio.shield(outbox.release_claims(deps.engine, [delivery.id], utcnow()))
+                await asyncio.shield(outbox.release_claim(deps.store, delivery.id, utcnow()))
             raise
         except Exception:
             # A bug or the database gone mid-way: the claim expires after the lease and the
@@ -112,7 +112,7 @@ class DeliveryWorker:
         while True:
             await asyncio.sleep(lease / 3)
             try:
-                await outbox.extend_lease(self.runtime.engine, delivery.id, utcnow(), lease)
+                await outbox.extend_lease(self.runtime.store, delivery.id, utcnow(), lease)
             except Exception as exc:  # the database is away: the claim may lapse; keep trying
                 log.warning("cannot renew the claim of delivery %s: %s", delivery.public_id, type(exc).__name__)
 

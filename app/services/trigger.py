@@ -101,7 +101,8 @@ async def trigger_bot(
     credential = principal.credential_id if idempotency_key is not None else None
 
     try:
-        async with store.trigger_transaction() as writer:
+        async with store.statements(transaction=True) as db:
+            writer = TriggerWriter(db)
             if idempotency_key is not None:
                 replay = await writer.replay(principal.credential_id, idempotency_key)
                 if replay is not None:
@@ -124,8 +125,8 @@ async def trigger_bot(
                 ))  # fmt: skip
     except IdempotencyRace:
         # A concurrent repeat committed first (this transaction was rolled back): its answer.
-        async with store.trigger_transaction() as writer:
-            replay = await writer.replay(principal.credential_id, idempotency_key or "")
+        async with store.statements(read_only=True) as db:
+            replay = await TriggerWriter(db).replay(principal.credential_id, idempotency_key or "")
         assert replay is not None
         return _replayed(replay, fingerprint)
     if consent_missing:

@@ -16,14 +16,14 @@ open when it returns: the pipeline calls the model between store calls.
 """
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from app.stores.trigger import TriggerTarget, TriggerWriter
+    from app.stores.trigger import TriggerTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +202,19 @@ class ApiKeyRecord:
     role: str | None
 
 
+class Executor(Protocol):
+    """Runs SQLAlchemy Core statements that are module constants (``PostgresStore`` compiles
+    each once, by identity) with named parameters, on one connection."""
+
+    dialect: str
+
+    async def first(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any] | None: ...
+
+    async def all(self, statement: Any, params: Mapping[str, Any]) -> list[Mapping[str, Any]]: ...
+
+    async def execute(self, statement: Any, params: Mapping[str, Any]) -> None: ...
+
+
 class ReleaseSignal(Protocol):
     async def wait(self, timeout: float) -> None: ...
 
@@ -269,6 +282,10 @@ class TurnStore(Protocol):
     ) -> "TriggerTarget | None":
         """The team's chatbot (head, not archived) and its channel on ``platform``, or None."""
 
-    def trigger_transaction(self) -> AbstractAsyncContextManager["TriggerWriter"]:
-        """One transaction for a trigger's writes (``app.stores.trigger``): committed when the
-        block ends, rolled back when it raises."""
+    def statements(
+        self, *, transaction: bool = False, read_only: bool = False
+    ) -> AbstractAsyncContextManager[Executor]:
+        """A connection for other work than a turn's (a trigger's writes, the delivery worker):
+        each statement atomic by itself (autocommit on PostgreSQL), or with ``transaction`` all
+        of them committed when the block ends and rolled back when it raises. ``read_only``:
+        it only reads (on SQLite it then takes no write lock)."""

@@ -46,7 +46,7 @@ from app.errors import ServiceUnavailable
 from app.models import MessageRole, SessionStatus
 from app.stores import statements as st
 from app.stores import trigger
-from app.stores.trigger import TriggerTarget, TriggerWriter
+from app.stores.trigger import TriggerTarget
 from app.stores.base import (
     ApiChannel,
     ApiKeyRecord,
@@ -282,9 +282,13 @@ class PostgresStore:
         return None if row is None else TriggerTarget(*row)
 
     @contextlib.asynccontextmanager
-    async def trigger_transaction(self) -> AsyncIterator[TriggerWriter]:
-        async with self._connection() as conn, conn.transaction():
-            yield TriggerWriter(_Executor(conn))
+    async def statements(self, *, transaction: bool = False, read_only: bool = False) -> AsyncIterator["_Executor"]:
+        async with self._connection() as conn:
+            if not transaction:
+                yield _Executor(conn)
+                return
+            async with conn.transaction():
+                yield _Executor(conn)
 
     async def create_api_channel(self, team_id: int) -> ApiChannel:
         async with self._connection() as conn:
@@ -368,7 +372,8 @@ class PostgresStore:
 
 
 class _Executor:
-    """``app.stores.trigger.Executor`` on a driver connection: each statement compiled once."""
+    """``Executor`` on a driver connection: each statement compiled once, on first use (the
+    statements are module constants, so an id stays its statement's for the process's life)."""
 
     dialect = "postgresql"
     _compiled: dict[int, CompiledStatement] = {}
@@ -378,12 +383,15 @@ class _Executor:
 
     def _statement(self, statement: Any) -> CompiledStatement:
         compiled = self._compiled.get(id(statement))
-        if compiled is None:  # the statements are module constants: their ids stay theirs
+        if compiled is None:
             compiled = self._compiled[id(statement)] = CompiledStatement(statement)
         return compiled
 
     async def first(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return await self._statement(statement).fetchrow(self.conn, params)
+
+    async def all(self, statement: Any, params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        return await self._statement(statement).fetch(self.conn, params)
 
     async def execute(self, statement: Any, params: Mapping[str, Any]) -> None:
         await self._statement(statement).execute(self.conn, params)

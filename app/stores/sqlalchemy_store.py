@@ -24,7 +24,7 @@ from app.db import READ_ONLY, utcnow
 from app.models import Platform
 from app.stores import statements as st
 from app.stores import trigger
-from app.stores.trigger import TriggerTarget, TriggerWriter
+from app.stores.trigger import TriggerTarget
 from app.stores.base import (
     ApiChannel,
     ApiKeyRecord,
@@ -42,7 +42,7 @@ LEASE_POLL_SECONDS = 0.05
 
 
 class _Executor:
-    """``app.stores.trigger.Executor`` on a SQLAlchemy connection."""
+    """``Executor`` on a SQLAlchemy connection."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -50,6 +50,9 @@ class _Executor:
 
     async def first(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return (await self.conn.execute(statement, dict(params))).mappings().first()
+
+    async def all(self, statement: Any, params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        return list((await self.conn.execute(statement, dict(params))).mappings())
 
     async def execute(self, statement: Any, params: Mapping[str, Any]) -> None:
         await self.conn.execute(statement, dict(params))
@@ -103,9 +106,10 @@ class SqlAlchemyStore:
         return None if row is None else TriggerTarget(*row)
 
     @contextlib.asynccontextmanager
-    async def trigger_transaction(self) -> AsyncIterator[TriggerWriter]:
-        async with self._write() as conn:
-            yield TriggerWriter(_Executor(conn))
+    async def statements(self, *, transaction: bool = False, read_only: bool = False) -> AsyncIterator[_Executor]:
+        # Always a transaction here: SQLite's locks want one (``app.db``).
+        async with (self._read() if read_only and not transaction else self._write()) as conn:
+            yield _Executor(conn)
 
     async def create_api_channel(self, team_id: int) -> ApiChannel:
         async with self._write() as conn:

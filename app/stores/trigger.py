@@ -1,7 +1,7 @@
 """The rows a trigger writes (SPEC §3.3 steps 6–9), in one transaction, on either store.
 
 ``TriggerWriter`` has one method per statement; ``app.services.trigger`` decides which to run.
-Both stores hand it the same statements over their own connection (``Executor``): compiled
+Both stores hand it the same statements over their own connection (``store.statements``): compiled
 once for asyncpg by ``PostgresStore``, executed by SQLAlchemy on SQLite. So the trigger's
 writes exist once, whatever runs them.
 
@@ -15,27 +15,18 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Integer, String, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.models import Delivery, DeliveryStatus, Membership, Platform, SessionStatus, User
 from app.stores import statements as st
+from app.stores.base import Executor
 
 D = Delivery.__table__
 S, P, PD, CH = st.SESSION, st.PARTICIPANT, st.PARTICIPANT_DATA, st.CHANNEL
 DELIVERY_DUE_CHANNEL = "chatbots_delivery_due"
-
-
-class Executor(Protocol):
-    """One connection inside one transaction."""
-
-    dialect: str
-
-    async def first(self, statement: Any, params: Mapping[str, Any]) -> Mapping[str, Any] | None: ...
-
-    async def execute(self, statement: Any, params: Mapping[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
