@@ -428,6 +428,36 @@ _WORKER_SQL = ("UPDATE delivery", "FROM delivery", "SELECT delivery.", "INSERT I
                "SELECT channel.config", "UPDATE chat_session")  # fmt: skip
 
 
+def _attribute(lines: list[str]) -> list[tuple[str, str]]:
+    """Each logged statement of one backend, with whose it is (the trigger request's or the
+    worker's: one pooled connection serves both), by its text; a transaction's BEGIN and
+    COMMIT go with the statements inside it."""
+    def kind_of(line: str) -> str | None:
+        if any(k in line for k in _TRIGGER_SQL):
+            return "trigger"
+        if any(k in line for k in _WORKER_SQL):
+            return "worker"
+        return None
+
+    out: list[tuple[str, str]] = []
+    pending: list[str] = []  # a BEGIN waiting for the first statement of its transaction
+    current: str | None = None
+    for line in lines:
+        if "statement: BEGIN" in line or "statement BEGIN" in line:
+            pending.append(line)
+            continue
+        kind = kind_of(line) or current
+        if pending:
+            out += [(kind or "other", begin) for begin in pending]
+            pending = []
+            current = kind
+        out.append((kind or "other", line))
+        if "COMMIT" in line or "ROLLBACK" in line:
+            current = None
+    out += [("other", begin) for begin in pending]
+    return out
+
+
 async def delivery_sql_trace(bench: Bench, deliveries: int = 3) -> None:
     """PostgreSQL's statement log of single triggers and their deliveries, one at a time, on
     an idle service (worker on, default concurrency): round trips and server time of the
@@ -476,11 +506,8 @@ async def delivery_sql_trace(bench: Bench, deliveries: int = 3) -> None:
                             by_pid.setdefault(match.group(1), []).append(line)
                     parts: dict[str, list[str]] = {"trigger": [], "worker": [], "other": []}
                     for lines in by_pid.values():
-                        joined = "\n".join(lines)
-                        kind = ("trigger" if any(k in joined for k in _TRIGGER_SQL)
-                                else "worker" if any(k in joined for k in _WORKER_SQL)
-                                else "other")  # fmt: skip
-                        parts[kind] += lines
+                        for kind, line in _attribute(lines):
+                            parts[kind].append(line)
                     trace = {"status": status,
                              "trigger_ms": round((t_trigger - t0) * 1000, 2),
                              "trigger_to_fake_answer_ms": round((t_sent - t0) * 1000, 2)}  # fmt: skip
