@@ -563,7 +563,11 @@ def _details(results: dict[str, Any]) -> list[str]:
                "of the round trips)" if t["pings"] else " (no pool pre-ping)")
             + f"; {t['parses']} parses (prepared statements cached); "
             f"server time {t['server_ms']:.2f} ms of a {t['wall_ms']:.2f} ms turn (log in "
-            "`bench/out/run-<ts>/sql-trace.txt`).",
+            "`bench/out/run-<ts>/sql-trace.txt`)"
+            + (f"; not counted: {t['worker_poll_round_trips']} round trip(s) of the idle "
+               "in-process delivery worker's poll that fell in the window"
+               if t.get("worker_poll_round_trips") else "")
+            + ".",
         ]
     micro = results.get("db_micro")
     if micro:
