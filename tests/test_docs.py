@@ -139,6 +139,7 @@ async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
         "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
         "tokenAuth": {"type": "http", "scheme": "bearer"},
     }
-    assert plain["security"] == [{"apiKeyAuth": []}, {"tokenAuth": []}]
+    # In the order credentials are resolved (SPEC §4): Bearer first, then X-api-key.
+    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}]
     # Trailing-slash aliases work but are not in the schema.
     assert not any(path.endswith("/") for path in paths)

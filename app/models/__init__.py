@@ -1,5 +1,6 @@
 """All models, imported here so that ``Base.metadata`` knows every table."""
 
+from app.models.auth import OAuthAuthorizationCode, OAuthClient, OAuthToken, WebSession
 from app.models.base import Base
 from app.models.chatbot import Channel, Chatbot, HistoryMode, LlmProvider, Platform
 from app.models.conversation import (
@@ -18,6 +19,7 @@ from app.models.team import ApiKey, Membership, Role, Team, User
 __all__ = [
     "ApiKey", "Base", "Channel", "ChatMessage", "ChatSession", "Chatbot", "Delivery", "DeliveryStatus",
     "HistoryMode", "IdempotencyRecord", "LlmProvider", "Membership", "MessageRole",
+    "OAuthAuthorizationCode", "OAuthClient", "OAuthToken", "WebSession",
     "Participant", "ParticipantData", "Platform", "Role", "SessionStatus", "SessionWaiter",
     "Team", "User",
 ]  # fmt: skip

@@ -139,3 +139,6 @@ class Channel(Base):
     disabled_message: Mapped[str | None] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # An embedded_widget channel's widget_token (its X-Embed-Key), SHA-256 hex: found by one
+    # indexed lookup; the token itself stays in the encrypted config, to show the operator.
+    embed_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)

@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path
 
-from app.auth.principal import PrincipalDep, require_interact
+from app.auth.dependencies import ChatPrincipal
+from app.auth.principal import Principal
 from app.config import Settings
 from app.errors import NotFound
 from app.routers.body import json_body, nul_characters
@@ -53,14 +54,12 @@ async def _incoming(
     store: StoreDep,
     llm: LlmDep,
     settings: SettingsDep,
-    principal: PrincipalDep,
+    principal: Principal,
     experiment_id: str,
     version: int | None,
     body: ApiMessage,
     idempotency_key: str | None,
 ) -> dict[str, Any]:
-    require_interact(principal)
-
     async def turn() -> dict[str, Any]:
         request = TurnRequest(principal, experiment_id, version, body.message, body.session)
         result = await run_turn(store, llm, settings, request)
@@ -93,7 +92,7 @@ async def _incoming(
 )
 @router.post("/channels/api/{experiment_id}/incoming_message/", include_in_schema=False)
 async def new_api_message(
-    principal: PrincipalDep,
+    principal: ChatPrincipal,
     body: ApiMessageBody,
     sessions: SessionmakerDep,
     store: StoreDep,
@@ -114,7 +113,7 @@ async def new_api_message(
 )
 @router.post("/channels/api/{experiment_id}/v{version}/incoming_message/", include_in_schema=False)
 async def new_api_message_versioned(
-    principal: PrincipalDep,
+    principal: ChatPrincipal,
     body: ApiMessageBody,
     sessions: SessionmakerDep,
     store: StoreDep,

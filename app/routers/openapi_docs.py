@@ -1,4 +1,5 @@
-"""The OpenAPI document (SPEC §3): the seed's schema names, statuses and security schemes."""
+"""The OpenAPI document (SPEC §3): the seed's schema names and statuses. The security schemes
+come from the authentication dependencies (``app.auth.dependencies``)."""
 
 from typing import Any
 
@@ -23,40 +24,6 @@ _DESCRIPTIONS = {
 }
 _MODELS: dict[int, type] = {400: ValidationErrorResponse, 502: ProviderErrorResponse,
                             504: ProviderErrorResponse}  # fmt: skip
-
-SCOPES = {
-    "chatbots:read": "Read chatbots",
-    "chatbots:interact": "Converse with a chatbot and trigger bot messages",
-    "sessions:read": "Read sessions",
-    "sessions:write": "Write sessions",
-    "files:read": "Read files",
-    "participants:read": "Read participants",
-    "participants:write": "Write participants",
-}
-
-SECURITY_SCHEMES: dict[str, Any] = {
-    "OAuth2": {
-        "type": "oauth2",
-        "flows": {
-            "authorizationCode": {
-                "authorizationUrl": "/o/authorize/",
-                "tokenUrl": "/o/token/",
-                "scopes": SCOPES,
-            }
-        },
-    },
-    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
-    "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
-    "embedKeyAuth": {"type": "apiKey", "in": "header", "name": "X-Embed-Key"},
-    "tokenAuth": {"type": "http", "scheme": "bearer"},
-}
-
-# The schemes the service accepts today: the document only offers what works (the Authorize
-# dialog of /docs lists every declared scheme). OAuth2, cookieAuth and embedKeyAuth (SPEC §3,
-# named above) join as their resolvers land in app/auth/principal.py.
-ACCEPTED_SCHEMES = ("apiKeyAuth", "tokenAuth")
-CHANNEL_SECURITY: list[dict[str, list[str]]] = [{name: []} for name in ACCEPTED_SCHEMES]
-
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
@@ -96,12 +63,16 @@ def install_openapi(app: FastAPI) -> None:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(body.pop("$defs", {}))  # what it refers to (the Platform enum)
             schemas[model.__name__] = body
-        components["securitySchemes"] = {name: SECURITY_SCHEMES[name] for name in ACCEPTED_SCHEMES}
+        schemes = components.get("securitySchemes", {})
         for path, operations in schema["paths"].items():
             for operation in operations.values():
-                if "Channels" in operation.get("tags", []):
-                    operation["security"] = CHANNEL_SECURITY
                 operation.get("responses", {}).pop("422", None)
+                # FastAPI gives every scheme of a dependency the scopes of its Security(); only
+                # OAuth2's are scopes (the other credentials carry every scope they need).
+                for requirement in operation.get("security", []):
+                    for name in requirement:
+                        if schemes.get(name, {}).get("type") != "oauth2":
+                            requirement[name] = []
         for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422: not ours
             schemas.pop(unused, None)
         app.openapi_schema = schema

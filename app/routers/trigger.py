@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 
-from app.auth.principal import Principal, PrincipalDep, authenticate
+from app.auth.dependencies import TeamPrincipal
+from app.auth.principal import Principal
 from app.config import Settings
 from app.errors import PermissionDenied
 from app.routers.body import json_body, nul_characters
@@ -21,9 +22,8 @@ def _check_trigger(body: TriggerBotMessageRequest, settings: Settings) -> dict[s
     return trigger_errors(body, settings.max_message_chars) or nul_characters(body.model_dump())
 
 
-async def trigger_principal(request: Request) -> Principal:
+async def trigger_principal(principal: TeamPrincipal) -> Principal:
     """Authenticated and authorized before the body is read (SPEC §3.3: 401/403, then 400)."""
-    principal = await authenticate(request)
     authorize_trigger(principal)
     return principal
 
@@ -73,7 +73,7 @@ async def trigger_bot_message(
 )
 @router.get("/api/deliveries/{delivery_id}/", include_in_schema=False)
 async def get_delivery(
-    principal: PrincipalDep,
+    principal: TeamPrincipal,
     sessions: SessionmakerDep,
     delivery_id: Annotated[str, Path(description="The `delivery_id` trigger_bot returned.")],
 ) -> Any:

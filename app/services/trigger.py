@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from app.auth.principal import Principal, require_interact
+from app.auth.principal import Principal
+from app.auth.scopes import INTERACT_SCOPE
 from app.channels.phone import to_e164
 from app.db import utcnow
 from app.errors import BadRequest, NotFound, PermissionDenied
@@ -69,8 +70,11 @@ def normalise_identifier(platform: str, identifier: str) -> str:
 def authorize_trigger(principal: Principal) -> None:
     """Only a team's admins may push messages (SPEC §3.3 step 1): an embed key is public, a
     member may only chat."""
-    require_interact(principal)
-    if principal.kind == "embed_key" or principal.role not in TRIGGER_ROLES:
+    if (
+        not principal.allows([INTERACT_SCOPE])
+        or principal.kind == "embed_key"
+        or principal.role not in TRIGGER_ROLES
+    ):
         raise PermissionDenied()
 
 

@@ -1,26 +1,22 @@
-"""Resolving a presented API key (``X-api-key`` or ``Authorization: Bearer``) to a principal."""
+"""API keys (``X-api-key``, or ``Authorization: Bearer`` when no OAuth token matches; SPEC §4.2)."""
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from app.auth.api_keys import split_prefix
+from app.auth.principal import CredentialContext, Principal
+from app.auth.scopes import ALL_SCOPES
 from app.crypto import constant_time_equal, sha256_hex
 from app.db import utcnow
 from app.errors import NotAuthenticated
 from app.models import Role
 from app.stores.base import TurnStore
 
-if TYPE_CHECKING:
-    from app.auth.principal import Principal
-
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-async def resolve_api_key(store: TurnStore, raw_key: str) -> "Principal | None":
+async def resolve(store: TurnStore, raw_key: str, context: CredentialContext | None = None) -> Principal | None:
     """The key's principal; None for an unknown, revoked or expired key. Raises 401 with the
     SPEC's messages when the key is fine but its user is inactive or no longer a member."""
-    from app.auth.principal import Principal
-
     prefix = split_prefix(raw_key)
     if prefix is None:
         return None
@@ -42,10 +38,11 @@ async def resolve_api_key(store: TurnStore, raw_key: str) -> "Principal | None":
         raise NotAuthenticated("Incorrect authentication credentials.")
     return Principal(
         kind="api_key",
+        credential_id=f"api_key:{key.id}",
         team_id=key.team_id,
+        scopes=ALL_SCOPES,
         user_id=key.user_id,
         user_email=key.email,
         role=Role(key.role),
         read_only=key.read_only,
-        credential_id=f"api_key:{key.id}",
     )
