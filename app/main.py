@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
 from app.routers import channels, docs, health, trigger
 from app.routers.openapi_docs import install_openapi
+from app.routers.widget_cors import WidgetCorsMiddleware
 from app.runtime import open_runtime
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.add_middleware(WidgetCorsMiddleware)  # inside RequestIdMiddleware: preflights get an id too
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(health.router)

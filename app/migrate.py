@@ -9,19 +9,22 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import REPO_ROOT
+from app.config import REPO_ROOT, Settings
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, settings: Settings | None = None) -> Config:
+    """``settings``: the app's, for data migrations that need them (the secret key); without
+    them a migration reads the environment's (``get_settings()``)."""
     cfg = Config(str(REPO_ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
     cfg.attributes["database_url"] = database_url
+    cfg.attributes["settings"] = settings
     return cfg
 
 
-async def upgrade_database(engine: AsyncEngine) -> None:
+async def upgrade_database(engine: AsyncEngine, settings: Settings | None = None) -> None:
     """Upgrade to head on the given engine's database (idempotent)."""
-    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False), settings)
 
     def _upgrade(connection) -> None:  # type: ignore[no-untyped-def]
         cfg.attributes["connection"] = connection

@@ -18,16 +18,13 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
-from app.auth.resolvers import Resolver, api_key
+from app.auth.resolvers import Resolver, api_key, embed_key
 from app.auth.scopes import INTERACT_SCOPE
 from app.errors import NotAuthenticated, PermissionDenied
 from app.stores.base import TurnStore
 
 INVALID_TOKEN = "Invalid token."
 DUPLICATE_CREDENTIAL = "Credential header sent more than once."
-# Embed keys are named in SPEC §4 but resolved by a later change: until then one is presented
-# (so it is checked, and refused) without being offered in the document.
-_NOT_YET_RESOLVED_HEADERS = ("x-embed-key",)
 
 
 def _single(request: Request, name: str) -> str | None:
@@ -61,14 +58,11 @@ class HeaderKey(APIKeyHeader):
 
 bearer_scheme = BearerToken(scheme_name="tokenAuth", auto_error=False)
 api_key_scheme = HeaderKey(name="X-api-key", scheme_name="apiKeyAuth", auto_error=False)
+embed_key_scheme = HeaderKey(name="X-Embed-Key", scheme_name="embedKeyAuth", auto_error=False)
 
 
 async def _bearer(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
     return await api_key.resolve(store, raw, context)  # OAuth access tokens first, once they land
-
-
-async def _never(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
-    return None
 
 
 def credential_context(request: Request) -> CredentialContext:
@@ -117,20 +111,21 @@ class Authenticator:
         security_scopes: SecurityScopes,
         bearer: Annotated[str | None, Security(bearer_scheme)],
         key: Annotated[str | None, Security(api_key_scheme)],
+        embed: Annotated[str | None, Security(embed_key_scheme)],
     ) -> Principal:
         presented: list[tuple[str, Resolver]] = []
         if bearer is not None:
             presented.append((bearer, _bearer))
         if key is not None:
             presented.append((key, api_key.resolve))
-        for name in _NOT_YET_RESOLVED_HEADERS:
-            if (raw := _single(request, name)) is not None:
-                presented.append((raw, _never))
+        if embed is not None:
+            presented.append((embed, embed_key.resolve))
         principal = await resolve_presented(request, presented)
         if principal.kind not in self.allowed_kinds or not principal.allows(
             security_scopes.scopes, request.method
         ):
             raise PermissionDenied()
+        request.state.principal = principal  # read by what answers for it (the widget's CORS)
         return principal
 
 

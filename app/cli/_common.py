@@ -83,7 +83,7 @@ def run(
             if settings.should_auto_migrate:
                 from app.migrate import upgrade_database
 
-                await upgrade_database(runtime.engine)
+                await upgrade_database(runtime.engine, settings)
             async with runtime.sessionmaker() as session:
                 result = await work(session, settings)
                 await session.commit()

@@ -310,6 +310,16 @@ def channel_enable(channel_id: ChannelArg, as_json: Json = False) -> None:
     _set_enabled(channel_id, True, None, as_json)
 
 
+@channel_app.command("rotate-embed-key")
+def channel_rotate_embed_key(channel_id: ChannelArg, as_json: Json = False) -> None:
+    """Give a widget channel a new embed key; the old one stops working at once."""
+    from app.services.admin import rotate_widget_token
+
+    channel, token = run(lambda s, settings: rotate_widget_token(s, settings, channel_id))
+    message = f"{GENERATED_SECRETS['widget_token']} of channel {channel.id} (shown once): {token}"
+    print_done(as_json, {"id": channel.id, "widget_token": token}, message)
+
+
 @channel_app.command("list")
 def channel_list(team: TeamFilter = None, as_json: Json = False) -> None:
     """List channels (secrets masked)."""

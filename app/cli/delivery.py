@@ -32,7 +32,7 @@ def worker() -> None:
             if settings.should_auto_migrate:
                 from app.migrate import upgrade_database
 
-                await upgrade_database(runtime.engine)
+                await upgrade_database(runtime.engine, settings)
             delivery_worker = DeliveryWorker(runtime)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -95,7 +95,7 @@ def db_upgrade(as_json: Json = False) -> None:
     async def main() -> None:
         engine = engine_for(settings)
         try:
-            await upgrade_database(engine)
+            await upgrade_database(engine, settings)
         finally:
             await engine.dispose()
 

@@ -4,7 +4,6 @@ Secrets in channel configs (tokens, keys, passwords) are encrypted at rest; list
 Functions flush but never commit: the caller owns the transaction.
 """
 
-import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +12,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.embed_keys import (
+    WIDGET_TOKEN,
+    embed_key_hash,
+    is_acceptable_widget_token,
+    new_widget_token,
+)
 from app.channels.config import InvalidChannelConfig, check_channel_config
 from app.channels.webhook import new_signing_secret
 from app.channels.webhook_target import UnsafeWebhookTarget, check_webhook_target
@@ -27,17 +32,18 @@ from app.services.admin_chatbots import (
 )
 from app.services.admin_identity import add_unique, for_team, require_text, team_slugs
 
-# A widget token is public (it sits in web pages) but must be unguessable: 32 URL-safe chars.
-WIDGET_TOKEN_BYTES = 24
-
-
 def _channel_config(platform: Platform, config: Mapping[str, Any] | None) -> dict[str, Any]:
     cleaned = clean_config(config)
     domains = cleaned.get("allowed_domains")
     if isinstance(domains, str):
         cleaned["allowed_domains"] = [d.strip() for d in domains.split(",") if d.strip()]
-    if platform == Platform.embedded_widget and not cleaned.get("widget_token"):
-        cleaned["widget_token"] = secrets.token_urlsafe(WIDGET_TOKEN_BYTES)
+    if platform == Platform.embedded_widget:
+        given = cleaned.get(WIDGET_TOKEN)
+        if not given:
+            cleaned[WIDGET_TOKEN] = new_widget_token()
+        elif not isinstance(given, str) or not is_acceptable_widget_token(given):
+            # The embed key is public but must stay unguessable: no short or hand-made tokens.
+            raise BadRequest("A widget_token must be 32 to 128 URL-safe characters (A-Z a-z 0-9 - _).")
     if platform == Platform.api and not cleaned.get("signing_secret"):
         cleaned["signing_secret"] = new_signing_secret()  # webhooks are signed (Standard Webhooks)
     return cleaned
@@ -90,8 +96,28 @@ async def create_channel(
         platform=parsed_platform.value,
         name=channel_name,
         config=encrypt_secrets(channel_config, settings),
+        embed_key_hash=_embed_key_hash_of(channel_config),
     )
     return await add_unique(session, channel, f"{conflict}.")
+
+
+def _embed_key_hash_of(config: Mapping[str, Any]) -> str | None:
+    """The hash under which a widget's embed key is looked up (``app.auth.embed_keys``)."""
+    token = config.get(WIDGET_TOKEN)
+    return embed_key_hash(token) if isinstance(token, str) and token else None
+
+
+async def rotate_widget_token(session: AsyncSession, settings: Settings, channel_id: int) -> tuple[Channel, str]:
+    """Give a widget channel a new embed key (the old one stops working at once); returns the
+    channel and the new key, to be shown once."""
+    channel = await _get_channel(session, channel_id)
+    if channel.platform != Platform.embedded_widget:
+        raise BadRequest(f"Channel {channel_id} is not an embedded_widget channel.")
+    token = new_widget_token()
+    channel.config = {**channel.config, **encrypt_secrets({WIDGET_TOKEN: token}, settings)}
+    channel.embed_key_hash = _embed_key_hash_of({WIDGET_TOKEN: token})
+    await session.flush()
+    return channel, token
 
 
 async def _get_channel(session: AsyncSession, channel_id: int) -> Channel:

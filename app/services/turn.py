@@ -1,8 +1,10 @@
 """One conversation turn of ``incoming_message`` (SPEC §3.2 steps 3–9, §5.2, §5.3, §3.4): every
 decision of a turn, written once, over a store (``app.stores``: PostgreSQL or SQLAlchemy).
 
-1. The chatbot, the answering version, its provider and the user's place, in one read
-   (404s: chatbot, version, impossible session id).
+1. The chatbot, the answering version, its provider and the caller's place, in one read
+   (404s: chatbot, version, impossible session id): a user chats as itself on the team's API
+   channel; an embed key on its widget channel, as an anonymous participant made with each
+   new session (a visitor continues only a session of that widget, by naming it).
 2. The session's turn lease, claimed together with storing the human message (one statement on
    PostgreSQL), so nothing the user sent is lost; a busy session is waited for: in this process
    on a FIFO queue, across processes on the store's release signal. The participant, its data
@@ -15,6 +17,7 @@ decision of a turn, written once, over a store (``app.stores``: PostgreSQL or SQ
 
 import contextlib
 import dataclasses
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +49,7 @@ from app.stores.base import (
     SessionUpdate,
     StoredMessage,
     TurnStore,
+    TurnTarget,
 )
 from app.stores.statements import CONSENT_PENDING
 
@@ -53,6 +57,7 @@ NO_USER = "A client-credentials token has no user to chat as; use a user credent
 NOT_ALLOWED_REPLY = "Sorry, you are not allowed to chat to this bot"
 RESET_REPLY = "Conversation reset"
 RESET_COMMAND = "/reset"
+ANONYMOUS_PREFIX = "anon:"  # a widget visitor's participant identifier: anon:<uuid>
 CONSENT_YES = "1"
 SUMMARIZE_BATCH = 10  # older messages are folded into the summary ten at a time
 BUSY = "Another message in this session is still being processed."
@@ -83,25 +88,17 @@ async def run_turn(
     store: TurnStore, llm: LlmClient, settings: Settings, request: TurnRequest
 ) -> TurnResult:
     principal, message = request.principal, request.message
-    if principal.user_id is None or principal.user_email is None:
-        raise PermissionDenied(NO_USER)
     public_id = parse_public_id(request.experiment_id)
-    target = await store.load_target(principal.team_id, public_id, request.version, principal.user_email)
-    if target is None:
-        raise NotFound(CHATBOT_NOT_FOUND)
-    if target.bot is None:
-        raise NotFound(f"Chatbot version {request.version} not found.")
-    named = request.session_external_id
-    if named is not None and (not session_id_can_exist(named) or target.participant_id is None):
-        raise NotFound(SESSION_NOT_FOUND)  # cannot exist, or cannot be this participant's
+    place = await (_widget_place if principal.kind == "embed_key" else _user_place)(store, request, public_id)
+    target, channel = place.target, place.channel
     bot = target.bot
-    channel = target.channel or await store.create_api_channel(principal.team_id)
-    gate = gate_reply(bot, channel, principal)
+    assert bot is not None  # checked by the place
+    gate = gate_reply(bot, channel, principal, place.identifier)
     is_reset = message.strip().lower() == RESET_COMMAND
     ask = ClaimRequest(
-        key=SessionKey(principal.team_id, target.head_id, channel.id, Platform.api),
+        key=SessionKey(principal.team_id, target.head_id, channel.id, place.platform),
         participant_id=target.participant_id,
-        identifier=principal.user_email,
+        identifier=place.identifier,
         user_id=principal.user_id,
         now=utcnow(),
         lease_until=utcnow(),
@@ -112,7 +109,9 @@ async def run_turn(
     )
 
     async def find_participant() -> int | None:  # after losing a race to create it
-        again = await store.load_target(principal.team_id, public_id, None, principal.user_email or "")
+        if place.platform != Platform.api:
+            return None  # an anonymous participant is new with each session: no race to lose
+        again = await store.load_target(principal.team_id, public_id, None, place.identifier)
         return again.participant_id if again is not None else None
 
     async with contextlib.AsyncExitStack() as queue:
@@ -132,6 +131,59 @@ async def run_turn(
         finally:
             if not released:
                 await _quietly(store.release(claim.id))
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a turn happens and as whom: the chatbot and version (``target``), the channel, and
+    the participant's platform and identifier."""
+
+    target: TurnTarget
+    channel: ApiChannel
+    platform: Platform
+    identifier: str
+
+
+async def _user_place(store: TurnStore, request: TurnRequest, public_id: uuid.UUID) -> _Place:
+    """A user credential chats as its user (participant: platform api, identifier: the email)
+    on the team's API channel (created on the team's first turn)."""
+    principal = request.principal
+    if principal.user_id is None or principal.user_email is None:
+        raise PermissionDenied(NO_USER)
+    target = await store.load_target(principal.team_id, public_id, request.version, principal.user_email)
+    if target is None:
+        raise NotFound(CHATBOT_NOT_FOUND)
+    _check_target(request, target)
+    channel = target.channel or await store.create_api_channel(principal.team_id)
+    return _Place(target, channel, Platform.api, principal.user_email)
+
+
+async def _widget_place(store: TurnStore, request: TurnRequest, public_id: uuid.UUID) -> _Place:
+    """An embed key chats on its widget channel, with its chatbot only (any other is a 403,
+    whether it exists or not), as an anonymous participant made with each new session: a
+    visitor continues a conversation only by naming its session, which must be this widget's."""
+    principal = request.principal
+    assert principal.channel_id is not None
+    named = request.session_external_id if session_id_can_exist(request.session_external_id) else None
+    target = await store.load_widget_target(
+        principal.team_id, public_id, request.version, principal.channel_id, named
+    )
+    if target is None or target.channel is None:
+        raise PermissionDenied()
+    _check_target(request, target)
+    return _Place(target, target.channel, Platform.embedded_widget, f"{ANONYMOUS_PREFIX}{uuid.uuid4()}")
+
+
+def _check_target(request: TurnRequest, target: TurnTarget) -> None:
+    """The 403 and 404s of a found chatbot: one the credential may not reach, an unknown
+    version, a named session that cannot be the caller's."""
+    if not request.principal.may_reach(target.head_id):
+        raise PermissionDenied()
+    if target.bot is None:
+        raise NotFound(f"Chatbot version {request.version} not found.")
+    named = request.session_external_id
+    if named is not None and (not session_id_can_exist(named) or target.participant_id is None):
+        raise NotFound(SESSION_NOT_FOUND)  # cannot exist, or cannot be this participant's
 
 
 async def _answer(
@@ -297,9 +349,9 @@ async def _summarize(
     return completion.text
 
 
-def gate_reply(bot: BotConfig, channel: ApiChannel, principal: Principal) -> str | None:
+def gate_reply(bot: BotConfig, channel: ApiChannel, principal: Principal, identifier: str) -> str | None:
     """The reply of a gate that stops the turn before anything is stored, if one does."""
-    if not is_allowed(bot, principal.user_email or "", principal):
+    if not is_allowed(bot, identifier, principal):
         return NOT_ALLOWED_REPLY
     if not channel.enabled:
         return channel.disabled_message or ""
@@ -308,6 +360,7 @@ def gate_reply(bot: BotConfig, channel: ApiChannel, principal: Principal) -> str
 
 def is_allowed(bot: BotConfig, identifier: str, principal: Principal) -> bool:
     """An allow-list admits the identifiers on it and the team's members (user credentials
-    always act as a member of the credential's team)."""
+    always act as a member of the credential's team). An anonymous widget visitor is neither:
+    a chatbot with an allow-list refuses its widget's visitors."""
     allowlist = bot.participant_allowlist or []
     return not allowlist or identifier in allowlist or principal.user_id is not None

@@ -71,7 +71,8 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiChannel:
-    """The team's API channel, where user credentials chat."""
+    """The channel a turn happens on: the team's API channel, where user credentials chat, or
+    an embed key's widget channel."""
 
     id: int
     enabled: bool
@@ -233,6 +234,14 @@ class TurnStore(Protocol):
         """The team's chatbot (not archived) by public id, or None. ``version`` None or 0: the
         published version, else the head; N: version N (not archived), or the head when N is
         its number. The place is the team's API channel and the participant (platform api)."""
+
+    async def load_widget_target(
+        self, team_id: int, public_id: uuid.UUID, version: int | None, channel_id: int,
+        external_id: str | None,
+    ) -> TurnTarget | None:
+        """As ``load_target``, for an embed key: the place is its widget channel (None when the
+        channel is not this chatbot's, or gone) and the participant of the named session
+        (``external_id``) when that is a session of this channel; None otherwise."""
 
     async def create_api_channel(self, team_id: int) -> ApiChannel:
         """The team's API channel, created if none (a concurrent creator's is returned)."""

@@ -269,8 +269,20 @@ class PostgresStore:
     async def load_target(
         self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str
     ) -> TurnTarget | None:
+        return await self._target(_TARGET, st.target_params(team_id, public_id, version, identifier), version)
+
+    async def load_widget_target(
+        self, team_id: int, public_id: uuid.UUID, version: int | None, channel_id: int,
+        external_id: str | None,
+    ) -> TurnTarget | None:
+        params = st.widget_target_params(team_id, public_id, version, channel_id, external_id)
+        return await self._target(_WIDGET_TARGET, params, version)
+
+    async def _target(
+        self, statement: CompiledStatement, params: dict[str, Any], version: int | None
+    ) -> TurnTarget | None:
         async with self._connection() as conn:
-            row = await _TARGET.fetchrow(conn, st.target_params(team_id, public_id, version, identifier))
+            row = await statement.fetchrow(conn, params)
         return None if row is None else st.target_from_row(row, version or None)
 
     async def load_trigger_target(
@@ -400,6 +412,7 @@ class _Executor:
 # The key's row as it was (the CTE's snapshot) and its use recorded, in one statement.
 _USE_KEY = CompiledStatement(st.KEY_WITH_MEMBERSHIP.add_cte(st.RECORD_KEY_USE.cte("used")))
 _TARGET = CompiledStatement(st.TARGET)
+_WIDGET_TARGET = CompiledStatement(st.WIDGET_TARGET)
 _TRIGGER_TARGET = CompiledStatement(trigger.TARGET)
 _CREATE_API_CHANNEL = CompiledStatement(
     pg_insert(st.CHANNEL)

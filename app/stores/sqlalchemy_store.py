@@ -92,9 +92,18 @@ class SqlAlchemyStore:
     async def load_target(
         self, team_id: int, public_id: uuid.UUID, version: int | None, identifier: str
     ) -> TurnTarget | None:
-        params = st.target_params(team_id, public_id, version, identifier)
+        return await self._target(st.TARGET, st.target_params(team_id, public_id, version, identifier), version)
+
+    async def load_widget_target(
+        self, team_id: int, public_id: uuid.UUID, version: int | None, channel_id: int,
+        external_id: str | None,
+    ) -> TurnTarget | None:
+        params = st.widget_target_params(team_id, public_id, version, channel_id, external_id)
+        return await self._target(st.WIDGET_TARGET, params, version)
+
+    async def _target(self, statement: Any, params: dict[str, Any], version: int | None) -> TurnTarget | None:
         async with self._read() as conn:
-            row = (await conn.execute(st.TARGET, params)).first()
+            row = (await conn.execute(statement, params)).first()
         return None if row is None else st.target_from_row(row._mapping, version or None)
 
     async def load_trigger_target(

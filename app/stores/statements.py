@@ -7,11 +7,12 @@ Bind parameters have the same names everywhere: ``team_id``, ``chatbot_id``, ``c
 """
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Select,
     Boolean,
     Integer,
     String,
@@ -108,36 +109,53 @@ RECORD_KEY_USE = (
 _head, _version, _bot = CHATBOT.alias("head"), CHATBOT.alias("version"), CHATBOT.alias("bot")
 _VERSION = bindparam("version", type_=Integer)
 _IDENTIFIER = bindparam("identifier", type_=String)
-TARGET = (
-    select(
-        _head.c.id.label("head_id"),
-        _head.c.version_number.label("head_number"),
-        _version.c.id.label("version_id"),
-        *(_bot.c[name] for name in BOT_FIELDS),
-        LlmProvider.type.label("provider_type"),
-        LlmProvider.config.label("provider_config"),
-        CHANNEL.c.id.label("channel_id"),
-        CHANNEL.c.enabled.label("channel_enabled"),
-        CHANNEL.c.disabled_message.label("channel_disabled_message"),
-        PARTICIPANT.c.id.label("participant_id"),
-    )
-    .select_from(_head)
-    .outerjoin(
-        _version,
-        and_(
-            _version.c.working_version_id == _head.c.id,
-            case(
-                (_VERSION.is_(None), _version.c.is_published),
-                else_=and_(_version.c.version_number == _VERSION, _version.c.is_archived.is_(False)),
+
+
+def _target(place: Callable[[Select[Any]], Select[Any]], participant_id: Any) -> Select[Any]:
+    """The team's chatbot (head, not archived) by public id, its answering version and provider,
+    and the turn's place: the channel and the participant (``place`` joins them)."""
+    found = (
+        select(
+            _head.c.id.label("head_id"),
+            _head.c.version_number.label("head_number"),
+            _version.c.id.label("version_id"),
+            *(_bot.c[name] for name in BOT_FIELDS),
+            LlmProvider.type.label("provider_type"),
+            LlmProvider.config.label("provider_config"),
+            CHANNEL.c.id.label("channel_id"),
+            CHANNEL.c.enabled.label("channel_enabled"),
+            CHANNEL.c.disabled_message.label("channel_disabled_message"),
+            participant_id.label("participant_id"),
+        )
+        .select_from(_head)
+        .outerjoin(
+            _version,
+            and_(
+                _version.c.working_version_id == _head.c.id,
+                case(
+                    (_VERSION.is_(None), _version.c.is_published),
+                    else_=and_(_version.c.version_number == _VERSION, _version.c.is_archived.is_(False)),
+                ),
             ),
-        ),
+        )
+        .join(_bot, _bot.c.id == func.coalesce(_version.c.id, _head.c.id))
+        .outerjoin(
+            LlmProvider,
+            LlmProvider.id == func.coalesce(_version.c.llm_provider_id, _head.c.llm_provider_id),
+        )
     )
-    .join(_bot, _bot.c.id == func.coalesce(_version.c.id, _head.c.id))
-    .outerjoin(
-        LlmProvider,
-        LlmProvider.id == func.coalesce(_version.c.llm_provider_id, _head.c.llm_provider_id),
+    return place(found).where(
+        _head.c.public_id == bindparam("public_id"),
+        _head.c.team_id == bindparam("p_team_id", type_=Integer),
+        _head.c.working_version_id.is_(None),
+        _head.c.is_archived.is_(False),
     )
-    .outerjoin(
+
+
+# A user credential's place: the team's API channel (None before the team's first turn) and the
+# user's participant (platform api, identifier: the user's email).
+TARGET = _target(
+    lambda found: found.outerjoin(
         CHANNEL,
         and_(
             CHANNEL.c.team_id == _head.c.team_id,
@@ -145,21 +163,37 @@ TARGET = (
             CHANNEL.c.platform == Platform.api,
             CHANNEL.c.deleted.is_(False),
         ),
-    )
-    .outerjoin(
+    ).outerjoin(
         PARTICIPANT,
         and_(
             PARTICIPANT.c.team_id == _head.c.team_id,
             PARTICIPANT.c.platform == Platform.api,
             PARTICIPANT.c.identifier == _IDENTIFIER,
         ),
-    )
-    .where(
-        _head.c.public_id == bindparam("public_id"),
-        _head.c.team_id == bindparam("p_team_id", type_=Integer),
-        _head.c.working_version_id.is_(None),
-        _head.c.is_archived.is_(False),
-    )
+    ),
+    PARTICIPANT.c.id,
+)
+# An embed key's place: its widget channel, which must be this chatbot's (no row otherwise), and
+# the anonymous participant of the named session, if it is a session of this channel and chatbot
+# (none named, or not one of them: no participant).
+WIDGET_TARGET = _target(
+    lambda found: found.join(
+        CHANNEL,
+        and_(
+            CHANNEL.c.id == bindparam("p_channel_id", type_=Integer),
+            CHANNEL.c.chatbot_id == _head.c.id,
+            CHANNEL.c.deleted.is_(False),
+        ),
+    ).outerjoin(
+        SESSION,
+        and_(
+            SESSION.c.external_id == bindparam("p_external_id", type_=String),
+            SESSION.c.channel_id == CHANNEL.c.id,
+            SESSION.c.chatbot_id == _head.c.id,
+            SESSION.c.team_id == _head.c.team_id,
+        ),
+    ),
+    SESSION.c.participant_id,
 )
 
 
@@ -190,6 +224,13 @@ def target_from_row(row: Mapping[str, Any], version: int | None) -> TurnTarget:
 def target_params(team_id: int, public_id: Any, version: int | None, identifier: str) -> dict[str, Any]:
     return {"p_team_id": team_id, "public_id": public_id, "version": version or None,
             "identifier": identifier}  # fmt: skip
+
+
+def widget_target_params(
+    team_id: int, public_id: Any, version: int | None, channel_id: int, external_id: str | None
+) -> dict[str, Any]:
+    return {"p_team_id": team_id, "public_id": public_id, "version": version or None,
+            "p_channel_id": channel_id, "p_external_id": external_id}  # fmt: skip
 
 
 FIND_API_CHANNEL = select(CHANNEL.c.id, CHANNEL.c.enabled, CHANNEL.c.disabled_message).where(
