@@ -107,3 +107,31 @@ async def make_world(
             await publish_version(session, chatbot)
         await session.commit()
         return World(team=team, user=user, key=key, provider=provider, chatbot=chatbot)
+
+
+@dataclass
+class Widget:
+    """An embedded_widget channel of a world's chatbot, and its embed key."""
+
+    channel_id: int
+    key: str
+
+
+async def add_widget(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    world: World,
+    allowed_domains: str = "app.example.com",
+) -> Widget:
+    """Made as the CLI makes one (``create_channel``): a new key, its hash stored."""
+    from app.crypto import decrypt_config
+    from app.services.admin import create_channel
+
+    async with sessionmaker() as session:
+        channel = await create_channel(
+            session, settings, world.chatbot.public_id, "embedded_widget",
+            config={"allowed_domains": allowed_domains},
+        )  # fmt: skip
+        await session.commit()
+        key = decrypt_config(channel.config, settings.effective_secret_key)["widget_token"]
+        return Widget(channel.id, key)

@@ -23,7 +23,7 @@ from app import cli
 from app.auth.api_keys import key_matches
 from app.auth.passwords import verify_password
 from app.config import Settings
-from app.crypto import decrypt_config
+from app.crypto import decrypt_config, sha256_hex
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.demo import DEMO_EMAIL, choose_demo_model, demo_curl, ensure_demo
 from app.errors import BadRequest
@@ -43,6 +43,7 @@ COMMANDS = [
     ["chatbot", "create"], ["chatbot", "update"], ["chatbot", "publish"], ["chatbot", "list"],
     ["chatbot", "archive"],
     ["channel", "create"], ["channel", "disable"], ["channel", "enable"], ["channel", "list"],
+    ["channel", "rotate-embed-key"],
     ["worker"], ["delivery", "list"], ["delivery", "show"], ["delivery", "retry"],
 ]  # fmt: skip
 
@@ -589,6 +590,25 @@ def test_embedded_widget_channel_gets_a_token(chatbot: str, env: str) -> None:
     row = one(env, select(Channel).where(Channel.id == data["id"]))
     assert row.config["allowed_domains"] == ["example.com", "*.example.org"]
     assert decrypt_config(row.config, SECRET_KEY)["widget_token"] == data["widget_token"]
+    assert row.embed_key_hash == sha256_hex(data["widget_token"])  # found by its hash (X-Embed-Key)
+
+
+def test_rotating_an_embed_key_stores_the_new_keys_hash(chatbot: str, env: str) -> None:
+    created = ok_json("channel", "create", "--chatbot", chatbot, "--platform", "embedded_widget",
+                      "--config", "allowed_domains=example.com")  # fmt: skip
+    rotated = ok_json("channel", "rotate-embed-key", str(created["id"]))
+    assert len(rotated["widget_token"]) == 32 and rotated["widget_token"] != created["widget_token"]
+    row = one(env, select(Channel).where(Channel.id == created["id"]))
+    assert row.embed_key_hash == sha256_hex(rotated["widget_token"])
+    assert decrypt_config(row.config, SECRET_KEY)["widget_token"] == rotated["widget_token"]
+    assert row.config["allowed_domains"] == ["example.com"]
+    assert "shown once" in ok("channel", "rotate-embed-key", str(created["id"])).stdout
+
+
+def test_only_a_widget_channels_embed_key_can_be_rotated(chatbot: str, env: str) -> None:
+    created = ok_json("channel", "create", "--chatbot", chatbot, "--platform", "web")
+    fails("channel", "rotate-embed-key", str(created["id"]), message="not an embedded_widget channel")
+    fails("channel", "rotate-embed-key", "999999999", message="No channel with id 999999999")
 
 
 def test_an_api_channel_gets_a_signing_secret_and_needs_a_public_https_callback(

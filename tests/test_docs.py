@@ -137,9 +137,10 @@ async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
     assert "422" not in plain["responses"]
     assert doc["components"]["securitySchemes"] == {
         "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
+        "embedKeyAuth": {"type": "apiKey", "in": "header", "name": "X-Embed-Key"},
         "tokenAuth": {"type": "http", "scheme": "bearer"},
     }
-    # In the order credentials are resolved (SPEC §4): Bearer first, then X-api-key.
-    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}]
+    # In the order credentials are resolved (SPEC §4): Bearer first, then X-api-key, X-Embed-Key.
+    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}, {"embedKeyAuth": []}]
     # Trailing-slash aliases work but are not in the schema.
     assert not any(path.endswith("/") for path in paths)

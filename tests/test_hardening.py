@@ -400,12 +400,12 @@ async def fresh_database(settings: Any, tmp_path: Any) -> AsyncIterator[Any]:
         await admin.dispose()
 
 
-async def alembic(engine: Any, action: str, revision: str) -> None:
+async def alembic(engine: Any, action: str, revision: str, settings: Any = None) -> None:
     from alembic import command
 
     from app.migrate import alembic_config
 
-    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False), settings)
 
     def run(connection: Any) -> None:
         cfg.attributes["connection"] = connection

@@ -997,3 +997,102 @@ async def test_a_wait_without_a_release_ends_at_its_timeout(place: Place, starte
         start = time.monotonic()
         await asyncio.wait_for(released.wait(0.3), 5)
         assert time.monotonic() - start < 1.0
+
+
+# --- widgets: turns without a user ------------------------------------------------------------
+
+
+@dataclass
+class WidgetPlace:
+    """A chatbot's widget channel, where anonymous visitors (no user) claim."""
+
+    store: TurnStore
+    world: World
+    channel_id: int
+
+    def ask(self, participant_id: int | None, human: str = "hello", **changes: Any) -> ClaimRequest:
+        now = utcnow()
+        key = SessionKey(self.world.team.id, self.world.chatbot.id, self.channel_id, Platform.embedded_widget)
+        return ClaimRequest(
+            key=key, participant_id=participant_id, identifier=f"anon:{uuid.uuid4()}", user_id=None,
+            now=now, lease_until=now + LEASE, human=human, **changes,
+        )  # fmt: skip
+
+    async def load(self, external_id: str | None, public_id: uuid.UUID | None = None) -> Any:
+        return await self.store.load_widget_target(
+            self.world.team.id, public_id or self.world.chatbot.public_id, None, self.channel_id, external_id
+        )
+
+
+@pytest.fixture
+async def widget_place(store: TurnStore, db: Any, settings: Any, world: World) -> WidgetPlace:
+    from tests.factories import add_widget
+
+    return WidgetPlace(store, world, (await add_widget(db, settings, world)).channel_id)
+
+
+async def test_an_anonymous_first_contact_creates_a_participant_without_a_user(
+    widget_place: WidgetPlace, db: Any
+) -> None:
+    request = widget_place.ask(None, "hi from a web page")
+    claim = await widget_place.store.claim(request)
+
+    assert claim is not None and claim.status == "setup"
+    participant = await db_get(db, Participant, claim.participant_id)
+    assert (participant.platform, participant.identifier, participant.user_id) == (
+        Platform.embedded_widget, request.identifier, None
+    )
+    [session] = await sessions_of(db, widget_place.world.team.id)
+    assert (session.channel_id, session.platform, session.participant_id) == (
+        widget_place.channel_id, Platform.embedded_widget, participant.id
+    )
+    assert await contents_of(db, claim.id) == ["hi from a web page"]
+    [data] = await participant_data_of(db, participant.id)
+    assert data.chatbot_id == widget_place.world.chatbot.id
+
+
+async def test_two_anonymous_first_contacts_get_two_participants_and_two_sessions(
+    widget_place: WidgetPlace, db: Any
+) -> None:
+    first, second = await asyncio.gather(
+        widget_place.store.claim(widget_place.ask(None, "one")),
+        widget_place.store.claim(widget_place.ask(None, "two")),
+    )
+    assert first is not None and second is not None
+    assert first.participant_id != second.participant_id and first.id != second.id
+    assert (await contents_of(db, first.id), await contents_of(db, second.id)) == (["one"], ["two"])
+
+
+async def test_load_widget_target_is_the_widget_channel_and_the_named_sessions_participant(
+    widget_place: WidgetPlace, place: Place, started: Claim
+) -> None:
+    claim = await widget_place.store.claim(widget_place.ask(None))
+    assert claim is not None
+    await widget_place.store.release(claim.id)
+
+    target = await widget_place.load(claim.external_id)
+    assert target is not None and target.bot is not None
+    assert target.channel == ApiChannel(widget_place.channel_id, True, None)
+    assert (target.head_id, target.participant_id) == (widget_place.world.chatbot.id, claim.participant_id)
+    # No session named, or one that is not this widget's (an API session of the same chatbot,
+    # an unknown id): the place has no participant.
+    for external_id in (None, started.external_id, str(uuid.uuid4())):
+        target = await widget_place.load(external_id)
+        assert target is not None and target.participant_id is None, external_id
+    # The claim of the named session, as the pipeline makes it.
+    again = await widget_place.store.claim(widget_place.ask(claim.participant_id, external_id=claim.external_id))
+    assert again is not None and again.id == claim.id
+
+
+async def test_load_widget_target_of_another_chatbot_or_a_deleted_channel_is_none(
+    widget_place: WidgetPlace, db: Any
+) -> None:
+    other = await add_chatbot(db, widget_place.world)
+    assert await widget_place.load(None, other.public_id) is None
+    await change(db, Channel, widget_place.channel_id, deleted=True)
+    assert await widget_place.load(None) is None
+
+
+async def db_get(db: Any, model: Any, row_id: int) -> Any:
+    async with db() as s:
+        return await s.get(model, row_id)
