@@ -349,3 +349,24 @@ async def test_cors_stays_closed_for_other_credentials_and_other_routes(client, 
     r = await client.get("/healthz", headers={"Origin": PAGE})
     assert r.status_code == 200
     assert "access-control-allow-origin" not in r.headers
+
+
+async def test_reset_gives_the_same_visitor_a_new_session(client, db, world, widget):
+    first = (await chat(client, world.url, page_headers(widget))).json()["session_id"]
+    r = await chat(client, world.url, page_headers(widget), "/reset", session=first)
+    assert r.status_code == 200 and r.json()["response"] == "Conversation reset"
+    old, new = await session_of(db, first), await session_of(db, r.json()["session_id"])
+    assert new.id != old.id and old.status == "pending-review"
+    assert (new.participant_id, new.channel_id) == (old.participant_id, widget.channel_id)
+
+
+async def test_an_idempotent_retry_of_a_widget_message_answers_once(client, db, world, widget):
+    headers = page_headers(widget, **{"Idempotency-Key": str(uuid.uuid4())})
+    message = f"only once {uuid.uuid4()}"
+    first = await chat(client, world.url, headers, message)
+    again = await chat(client, world.url, headers, message)
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert again.headers["access-control-allow-origin"] == PAGE
+    async with db() as s:
+        stored = (await s.scalars(select(ChatMessage.content).where(ChatMessage.content == message))).all()
+    assert stored == [message]

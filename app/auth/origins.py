@@ -41,10 +41,6 @@ class Origin:
     host: str
     port: int
 
-    def serialized(self) -> str:
-        default = WEB_SCHEMES[self.scheme] == self.port
-        return f"{self.scheme}://{self.host}" + ("" if default else f":{self.port}")
-
 
 def parse_origin(url: str | None) -> Origin | None:
     """The web origin of an ``Origin`` header or a ``Referer`` URL; None if it has none."""

@@ -35,11 +35,11 @@ class WidgetCorsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = WIDGET_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
-        origin = Headers(scope=scope).get("origin") if path is not None else None
-        if path is None or origin is None:
+        headers = Headers(scope=scope) if path is not None else None
+        origin = headers.get("origin") if headers is not None else None
+        if path is None or headers is None or origin is None:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             await self._preflight(scope, receive, send, path.group(1), origin, headers)
             return

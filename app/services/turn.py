@@ -89,7 +89,10 @@ async def run_turn(
 ) -> TurnResult:
     principal, message = request.principal, request.message
     public_id = parse_public_id(request.experiment_id)
-    place = await (_widget_place if principal.kind == "embed_key" else _user_place)(store, request, public_id)
+    if principal.kind == "embed_key":
+        place = await _widget_place(store, request, public_id)
+    else:
+        place = await _user_place(store, request, public_id)
     target, channel = place.target, place.channel
     bot = target.bot
     assert bot is not None  # checked by the place
