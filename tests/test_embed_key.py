@@ -13,6 +13,7 @@ from app.auth.resolvers.embed_key import ORIGIN_NOT_ALLOWED
 from app.models import Channel, Chatbot, ChatMessage, ChatSession, Participant, Platform
 from tests.assertions import assert_error, nothing_written
 from tests.factories import Widget, add_widget, make_world, World
+from tests.test_auth_cache import cached_app  # noqa: F401  (a fixture: an app that remembers lookups)
 
 PAGE = "https://app.example.com"
 INVALID_TOKEN = {"detail": "Invalid token."}
@@ -370,3 +371,43 @@ async def test_an_idempotent_retry_of_a_widget_message_answers_once(client, db, 
     async with db() as s:
         stored = (await s.scalars(select(ChatMessage.content).where(ChatMessage.content == message))).all()
     assert stored == [message]
+
+
+# --- the credential cache (app/auth/cache.py) --------------------------------------------------
+
+
+async def test_a_remembered_embed_key_still_has_its_origin_checked_every_time(
+    cached_app, db, world, widget, monkeypatch
+):
+    from app.services.admin import rotate_widget_token
+
+    store, lookups = cached_app.state.runtime.store, []
+    real = store.statements
+
+    def counted(**options: Any) -> Any:  # the store's real connection, counted
+        lookups.append(options)
+        return real(**options)
+
+    monkeypatch.setattr(store, "statements", counted)
+    transport = httpx.ASGITransport(app=cached_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for _ in range(2):
+            r = await chat(client, world.url, page_headers(widget))
+            assert r.status_code == 200, r.text
+        assert len(lookups) == 1  # the second request's key came from memory
+        assert_error(await chat(client, world.url, page_headers(widget, "https://evil.example")), 403, ORIGIN_REFUSED)
+        # Rotated by another process (the CLI): the old key serves within the bound
+        # (CHATBOTS_AUTH_CACHE_SECONDS), and is refused once forgotten.
+        async with db() as s:
+            _, new_key = await rotate_widget_token(s, cached_app.state.settings, widget.channel_id)
+            await s.commit()
+        assert (await chat(client, world.url, page_headers(widget))).status_code == 200
+        cached_app.state.runtime.credentials.clear()
+        assert_error(await chat(client, world.url, page_headers(widget)), 401, INVALID_TOKEN)
+        # A channel deleted meanwhile: its remembered key authenticates, the turn refuses it.
+        assert (await chat(client, world.url, page_headers(Widget(widget.channel_id, new_key)))).status_code == 200
+        async with db() as s:
+            await s.execute(update(Channel).where(Channel.id == widget.channel_id).values(deleted=True))
+            await s.commit()
+        r = await chat(client, world.url, page_headers(Widget(widget.channel_id, new_key)))
+        assert_error(r, 403, FORBIDDEN)
