@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth.rate_limit_http import RateLimitHeadersMiddleware
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
 from app.routers import channels, docs, health, trigger
@@ -124,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
+    # Outside RequestIdMiddleware, so that its 500s carry the headers of a counted request too.
+    app.add_middleware(RateLimitHeadersMiddleware)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(channels.router)

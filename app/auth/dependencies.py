@@ -18,6 +18,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
+from app.auth.rate_limit_http import guard_authentication
 from app.auth.resolvers import Resolver, api_key
 from app.auth.scopes import INTERACT_SCOPE
 from app.errors import NotAuthenticated, PermissionDenied
@@ -127,7 +128,8 @@ class Authenticator:
         for name in _NOT_YET_RESOLVED_HEADERS:
             if (raw := _single(request, name)) is not None:
                 presented.append((raw, _never))
-        principal = await resolve_presented(request, presented)
+        async with guard_authentication(request):  # rate limit on failures (SPEC §4.7)
+            principal = await resolve_presented(request, presented)
         if principal.kind not in self.allowed_kinds or not principal.allows(
             security_scopes.scopes, request.method
         ):

@@ -6,7 +6,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.schemas import ApiMessage, ErrorResponse, TriggerBotMessageRequest, ProviderErrorResponse, ValidationErrorResponse
+from app.schemas import (ApiMessage, ErrorResponse, ProviderErrorResponse, RateLimitedResponse,
+                         TriggerBotMessageRequest, ValidationErrorResponse)  # fmt: skip
 
 _DESCRIPTIONS = {
     400: "Invalid request body, JSON parse error, or a request the chatbot cannot serve.",
@@ -18,12 +19,14 @@ _DESCRIPTIONS = {
     409: "A request with this Idempotency-Key is still in flight.",
     413: "Request body too large.",
     415: "Content type is not JSON.",
+    429: "Rate limit exceeded (the team's, or the client's failed authentications); retry "
+    "after `Retry-After` seconds.",
     502: "The language model provider failed. The user's message is kept.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
     504: "The language model provider timed out. The user's message is kept.",
 }
-_MODELS: dict[int, type] = {400: ValidationErrorResponse, 502: ProviderErrorResponse,
-                            504: ProviderErrorResponse}  # fmt: skip
+_MODELS: dict[int, type] = {400: ValidationErrorResponse, 429: RateLimitedResponse,
+                            502: ProviderErrorResponse, 504: ProviderErrorResponse}  # fmt: skip
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
