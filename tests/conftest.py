@@ -7,7 +7,7 @@ import pytest
 
 from app.migrate import upgrade_database_sync
 
-pytest_plugins = ["tests.fake_llm_fixture"]
+pytest_plugins = ["tests.fake_llm_fixture", "tests.redis_server"]
 
 
 @pytest.fixture(scope="session")

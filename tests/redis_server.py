@@ -1,13 +1,18 @@
 """A real Redis server for the rate-limit tests: Debian's ``redis-server`` on 127.0.0.1 and a
 free port, in the foreground of a child process (no daemon, nothing written to disk), stopped
-when the tests are done. Tests skip, saying why, where the binary is absent."""
+when the tests are done. Tests skip, saying why, where the binary is absent.
 
+Fixtures (a plugin of ``tests/conftest.py``): ``redis_url``, one server for the session, and
+``limit_storage``, the settings that count rate limits in memory, then in that Redis."""
+
+import random
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -52,3 +57,22 @@ def running_redis() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with running_redis() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limit_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings that choose where rate limits are counted."""
+    if request.param == "memory":
+        return {"redis_url": None}
+    return {"redis_url": request.getfixturevalue("redis_url")}
+
+
+def new_ip() -> str:
+    """A client address no other test uses (counts on the session's Redis outlive a test)."""
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"

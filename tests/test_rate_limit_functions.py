@@ -4,7 +4,6 @@ parts under every limit: client and account keys, the settings, the moving windo
 and a storage that fails."""
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from app.auth.rate_limits import (
     open_rate_limiter,
 )
 from app.config import Settings
-from tests.redis_server import free_port, running_redis
+from tests.redis_server import free_port, new_ip
 
 SMALL = {
     "rate_limit_login_account": "2/15 minutes",
@@ -32,27 +31,10 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def redis_url():  # type: ignore[no-untyped-def]
-    with running_redis() as url:
-        yield url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"redis_url": None}
-    return {"redis_url": request.getfixturevalue("redis_url")}
-
-
 @pytest.fixture
-async def limiter(storage: dict[str, Any]) -> AsyncIterator[RateLimiter]:
-    async with open_rate_limiter(Settings(_env_file=None, **SMALL, **storage)) as built:
+async def limiter(limit_storage: dict[str, Any]) -> AsyncIterator[RateLimiter]:
+    async with open_rate_limiter(Settings(_env_file=None, **SMALL, **limit_storage)) as built:
         yield built
-
-
-def new_ip() -> str:
-    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
 
 
 def new_email() -> str:
@@ -118,14 +100,15 @@ async def test_record_login_failure_reports_the_tighter_limit(limiter):
     ip, email = new_ip(), new_email()
     first = await limiter.record_login_failure(ip, email)
     assert first is not None
-    assert (first.limit, first.remaining) == (2, 1)  # the account's 1 of 2 left, not the IP's 2 of 3
+    # the account's 1 of 2 left, not the address's 2 of 3
+    assert (first.limit, first.remaining) == (2, 1)
     await limiter.record_login_failure(ip, new_email())
     third = await limiter.record_login_failure(ip, new_email())  # that account has 1 left
     assert third is not None
     assert (third.limit, third.remaining) == (3, 0)  # the address has none
 
 
-# --- OAuth token endpoint ----------------------------------------------------------------------
+# --- OAuth token endpoint ------------------------------------------------------------------------
 
 
 async def test_token_endpoint_is_limited_per_address(limiter):
@@ -144,9 +127,9 @@ async def test_token_endpoint_is_limited_per_address(limiter):
     assert await limiter.hit_token_endpoint(new_ip()) is not None  # another address
 
 
-async def test_moving_window_frees_a_slot_when_available_in_says(storage):
+async def test_moving_window_frees_a_slot_when_available_in_says(limit_storage):
     """The 429's ``available_in`` is a promise: a request made then is let through."""
-    settings = Settings(_env_file=None, rate_limit_token="2/2 seconds", **storage)
+    settings = Settings(_env_file=None, rate_limit_token="2/2 seconds", **limit_storage)
     async with open_rate_limiter(settings) as limiter:
         ip = new_ip()
         for _ in range(2):
@@ -168,7 +151,7 @@ async def test_switched_off_limiter_counts_nothing():
             await limiter.check_login(ip, email)
 
 
-# --- failing storage -------------------------------------------------------------------------------
+# --- failing storage -----------------------------------------------------------------------------
 
 
 async def test_unreachable_redis_lets_requests_through_quickly():
@@ -185,11 +168,12 @@ async def test_unreachable_redis_lets_requests_through_quickly():
         assert time.monotonic() - started < 5
 
 
-# --- keys and settings -----------------------------------------------------------------------------
+# --- keys and settings ---------------------------------------------------------------------------
 
 
 def test_client_key_counts_ipv6_per_64_and_mapped_ipv4_as_ipv4():
-    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    same_64 = client_key("2001:db8:1:2:aaaa::1"), client_key("2001:db8:1:2:bbbb::2")
+    assert same_64 == ("2001:db8:1:2::/64", "2001:db8:1:2::/64")
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("::ffff:192.0.2.7") == client_key("192.0.2.7") == "192.0.2.7"
     assert client_key(None) == "unknown"
@@ -205,8 +189,10 @@ def test_defaults_are_the_spec_limits():
     settings = Settings(_env_file=None)
     assert settings.rate_limit_enabled is True
     assert settings.redis_url is None
-    assert (settings.rate_limit_team, settings.rate_limit_auth_failures) == ("2000/5 minutes", "100/5 minutes")
-    assert (settings.rate_limit_login_account, settings.rate_limit_login_ip) == ("10/15 minutes", "20/15 minutes")
+    assert settings.rate_limit_team == "2000/5 minutes"
+    assert settings.rate_limit_auth_failures == "100/5 minutes"
+    assert settings.rate_limit_login_account == "10/15 minutes"
+    assert settings.rate_limit_login_ip == "20/15 minutes"
     assert settings.rate_limit_token == "60/minute"
 
 

@@ -6,7 +6,6 @@ counted in memory and in a real Redis server (``redis-server`` started by the te
 skipped with the reason when it is not installed). Every test uses a fresh team and a fresh
 client address, so counts never carry over between tests on the shared Redis."""
 
-import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,29 +19,11 @@ from app.auth.resolvers import api_key
 from app.main import create_app
 from tests.assertions import assert_error, nothing_written
 from tests.factories import World, make_world
-from tests.redis_server import running_redis
+from tests.redis_server import new_ip
 
 RATE_LIMITED = "Rate limit exceeded."
 WINDOW = 300  # the tests' limits are per 5 minutes
 HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
-
-
-@pytest.fixture(scope="module")
-def redis_url():  # type: ignore[no-untyped-def]
-    with running_redis() as url:
-        yield url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The settings that choose where the limits are counted."""
-    if request.param == "memory":
-        return {"redis_url": None}
-    return {"redis_url": request.getfixturevalue("redis_url")}
-
-
-def new_ip() -> str:
-    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
 
 
 class LimitedApp:
@@ -58,12 +39,12 @@ class LimitedApp:
 
 
 @pytest.fixture
-def limited_app(settings, storage):  # type: ignore[no-untyped-def]
+def limited_app(settings, limit_storage):  # type: ignore[no-untyped-def]
     """``limited_app(**limits)``: an app of its own with these settings over the suite's."""
 
     @asynccontextmanager
     async def build(**overrides: Any) -> AsyncIterator[LimitedApp]:
-        app = create_app(settings.model_copy(update={**storage, **overrides}))
+        app = create_app(settings.model_copy(update={**limit_storage, **overrides}))
         async with app.router.lifespan_context(app):
             yield LimitedApp(app)
 
@@ -99,7 +80,7 @@ def assert_rate_limited(r: httpx.Response, limit: int) -> None:
     assert_counted(r, limit, 0)
 
 
-# --- the team limit --------------------------------------------------------------------------
+# --- the team limit ------------------------------------------------------------------------------
 
 
 async def test_team_limit_lets_n_requests_through_then_429(limited_app, world, db):
@@ -156,9 +137,9 @@ async def test_team_limit_is_not_counted_for_refused_credentials(limited_app, wo
 
 
 async def test_rate_limits_switched_off_count_nothing(limited_app, world):
-    async with limited_app(
-        rate_limit_enabled=False, rate_limit_team="1/5 minutes", rate_limit_auth_failures="1/5 minutes"
-    ) as app, app.client() as client:
+    off = {"rate_limit_enabled": False, "rate_limit_team": "1/5 minutes",
+           "rate_limit_auth_failures": "1/5 minutes"}  # fmt: skip
+    async with limited_app(**off) as app, app.client() as client:
         for _ in range(2):
             assert_error(await chat(client, world.url, {}), 401)
         for _ in range(2):
@@ -167,7 +148,7 @@ async def test_rate_limits_switched_off_count_nothing(limited_app, world):
             assert not set(HEADERS) & set(r.headers), r.headers
 
 
-# --- failed authentication, per client address -----------------------------------------------
+# --- failed authentication, per client address ---------------------------------------------------
 
 
 @pytest.fixture

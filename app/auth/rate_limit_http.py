@@ -1,6 +1,6 @@
 """The HTTP side of rate limits (``app.auth.rate_limits``): the client address, the dependency
 that counts a team's request on the three endpoints, the guard around API authentication, and
-the middleware that puts ``X-RateLimit-*`` on every counted response.
+``report``, which has a counted request's response carry ``X-RateLimit-*`` whatever it is.
 
 A response's headers are those of the limit its request was counted against: the team's on
 the three endpoints once authenticated (the 200s and every later error, a 400 included), the
@@ -9,14 +9,13 @@ failed-authentication limit's on a 401. A 429 carries its own (``RateLimited``).
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 from fastapi import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth.principal import Principal
 from app.auth.rate_limits import RateLimiter, RateLimitStatus
 from app.errors import NotAuthenticated
-
-_HEADERS_KEY = "rate_limit_headers"
+from app.response_headers import add_response_headers
 
 
 def rate_limiter(request: Request) -> RateLimiter:
@@ -32,7 +31,7 @@ def client_ip(request: Request) -> str | None:
 def report(request: Request, status: RateLimitStatus | None) -> None:
     """Have this request's response carry ``status`` as its ``X-RateLimit-*`` headers."""
     if status is not None:
-        request.scope.setdefault("state", {})[_HEADERS_KEY] = status.headers()
+        add_response_headers(request.scope.setdefault("state", {}), status.headers())
 
 
 async def count_team_request(request: Request, principal: Principal) -> None:
@@ -51,34 +50,3 @@ async def guard_authentication(request: Request) -> AsyncIterator[None]:
     except NotAuthenticated:
         report(request, await limiter.record_auth_failure(client_ip(request)))
         raise
-
-
-class RateLimitHeadersMiddleware:
-    """Adds the headers ``report`` left in the request's state to its response, whatever the
-    response is (a handler's return, an error handler's JSON, the 500 of last resort)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and (
-                headers := state.get(_HEADERS_KEY)
-            ):
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = [
-                    *message.get("headers", []),
-                    *(
-                        (name.lower().encode(), value.encode())
-                        for name, value in headers.items()
-                        if name.lower().encode() not in present
-                    ),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

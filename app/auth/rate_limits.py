@@ -136,7 +136,9 @@ class RateLimiter:
 
     async def record_auth_failure(self, ip: str | None) -> RateLimitStatus | None:
         """Count one failed authentication (a 401) of this address."""
-        return await self._hit(self.limits.auth_failures, "auth-failure", client_key(ip), refuse=False)
+        return await self._hit(
+            self.limits.auth_failures, "auth-failure", client_key(ip), refuse=False
+        )
 
     # --- login page (per account and per IP; successes are not counted) ---------------------
 
