@@ -168,6 +168,27 @@ async def test_unreachable_redis_lets_requests_through_quickly():
         assert time.monotonic() - started < 5
 
 
+async def test_redis_connections_are_closed_with_the_limiter(redis_url):
+    """The runtime closes its limiter at shutdown: no connection is left open on Redis."""
+    import coredis
+
+    probe = coredis.Redis.from_url(redis_url.removeprefix("async+"))
+    before = len(await probe.client_list())  # the probe's own
+    async with open_rate_limiter(Settings(_env_file=None, redis_url=redis_url)) as limiter:
+        assert await limiter.hit_team(1) is not None
+        assert len(await probe.client_list()) == before + 1
+    await asyncio.sleep(0.1)  # the server notices the closed socket
+    assert len(await probe.client_list()) == before
+
+
+async def test_memory_expiry_task_is_stopped_with_the_limiter():
+    async with open_rate_limiter(Settings(_env_file=None)) as limiter:
+        await limiter.hit_team(1)
+        timer = limiter.storage.timer
+    await asyncio.sleep(0)
+    assert timer is None or timer.done()
+
+
 # --- keys and settings ---------------------------------------------------------------------------
 
 

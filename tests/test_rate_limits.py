@@ -229,5 +229,7 @@ async def test_429_is_in_the_openapi_document(client):
         paths["/api/trigger_bot"]["post"],
     ]
     for operation in operations:
-        schema = operation["responses"]["429"]["content"]["application/json"]["schema"]
+        response = operation["responses"]["429"]
+        schema = response["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/RateLimitedResponse"}
+        assert {name.lower() for name in response["headers"]} == {"retry-after", *HEADERS}

@@ -28,9 +28,28 @@ _DESCRIPTIONS = {
 _MODELS: dict[int, type] = {400: ValidationErrorResponse, 429: RateLimitedResponse,
                             502: ProviderErrorResponse, 504: ProviderErrorResponse}  # fmt: skip
 
+
+def _integer_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer"}}
+
+
+_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": _integer_header("Seconds to wait (the body's `available_in`)."),
+        "X-RateLimit-Limit": _integer_header("The limit that was exceeded."),
+        "X-RateLimit-Remaining": _integer_header("Requests left in its window: 0."),
+        "X-RateLimit-Reset": _integer_header("Seconds from now until one more is allowed."),
+    }
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
-        code: {"description": _DESCRIPTIONS[code], "model": _MODELS.get(code, ErrorResponse)}
+        code: {
+            "description": _DESCRIPTIONS[code],
+            "model": _MODELS.get(code, ErrorResponse),
+            **({"headers": _HEADERS[code]} if code in _HEADERS else {}),
+        }
         for code in codes
     }
 
