@@ -12,8 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
-from app.routers import channels, docs, health, trigger
 from app.response_headers import with_pending_headers
+from app.routers import channels, docs, health, trigger
 from app.routers.openapi_docs import install_openapi
 from app.runtime import open_runtime
 
