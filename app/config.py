@@ -7,7 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from limits import parse
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chatbots.db"
@@ -99,10 +100,35 @@ class Settings(BaseSettings):
     # at once with NOTIFY; this covers retries coming due and, on SQLite, other processes).
     delivery_poll_seconds: float = Field(default=2.0, gt=0)
 
+    # Rate limits (SPEC §4.7), each in the `limits` string syntax ("2000/5 minutes"). Counted in
+    # this process's memory, or in Redis when ``redis_url`` is set ("async+redis://host:6379/0"):
+    # with several processes or hosts only Redis gives them one count.
+    rate_limit_enabled: bool = True
+    rate_limit_team: str = "2000/5 minutes"  # per team, on incoming_message and trigger_bot
+    rate_limit_auth_failures: str = "100/5 minutes"  # failed API authentications, per client IP
+    rate_limit_login_account: str = "10/15 minutes"  # failed logins, per account
+    rate_limit_login_ip: str = "20/15 minutes"  # failed logins, per client IP
+    rate_limit_token: str = "60/minute"  # POST /o/token/, per client IP
+    redis_url: str | None = None
+    # Bound on one Redis call: a Redis that hangs costs a request this much, then it is let through.
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
     # (run ``chatbots db upgrade`` once per release).
     auto_migrate: bool | None = None
+
+    @field_validator(
+        "rate_limit_team",
+        "rate_limit_auth_failures",
+        "rate_limit_login_account",
+        "rate_limit_login_ip",
+        "rate_limit_token",
+    )
+    @classmethod
+    def _one_rate_limit(cls, value: str) -> str:
+        parse(value)  # a typo fails at start-up, not on the first request
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
+from app.response_headers import with_pending_headers
 from app.routers import channels, docs, health, trigger
 from app.routers.openapi_docs import install_openapi
 from app.routers.widget_cors import WidgetCorsMiddleware
@@ -41,7 +42,8 @@ def tune_garbage_collector() -> None:
 
 
 class RequestIdMiddleware:
-    """Every response carries ``X-Request-ID``: the client's, or a new one (pure ASGI: cheap).
+    """Every response carries ``X-Request-ID``: the client's, or a new one (pure ASGI: cheap),
+    and the headers its handling left pending (``app.response_headers``: rate limits).
 
     It also answers an unexpected exception: a JSON 500 with the request id, logged once here
     with its traceback and the id. Not re-raised, or the server would log it a second time; and
@@ -59,7 +61,8 @@ class RequestIdMiddleware:
             (v.decode("latin-1")[:200] for k, v in scope["headers"] if k == b"x-request-id"),
             None,
         ) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
 
         started = False
 
@@ -68,9 +71,9 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"], (b"x-request-id", request_id.encode("latin-1"))
-                ]
+                message["headers"] = with_pending_headers(
+                    state, [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                )
             await send(message)
 
         try:

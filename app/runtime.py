@@ -19,6 +19,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.cache import CredentialCache
+from app.auth.rate_limits import RateLimiter, open_rate_limiter
 from app.config import Settings
 from app.db import driver_dsn, engine_for, make_driver_pool, make_sessionmaker
 from app.llm import LlmClient
@@ -38,6 +39,8 @@ class Runtime:
     driver_pool: asyncpg.Pool | None
     http_client: aiohttp.ClientSession
     llm: LlmClient
+    # Counts requests for the rate limits (SPEC §4.7): in memory, or in Redis shared by all.
+    rate_limiter: RateLimiter
     # Set when this process added deliveries: its delivery worker looks at once (on PostgreSQL
     # every worker is also woken by NOTIFY; elsewhere other processes' workers poll).
     deliveries_due: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,7 +71,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     else:
         store = SqlAlchemyStore(engine)
     try:
-        async with make_http_client() as http_client:
+        async with make_http_client() as http_client, open_rate_limiter(settings) as limiter:
             yield Runtime(
                 settings=settings,
                 engine=engine,
@@ -82,6 +85,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                     max_retries=settings.llm_max_retries,
                     total_timeout=settings.llm_total_timeout_seconds,
                 ),
+                rate_limiter=limiter,
             )
     finally:
         if listener is not None:

@@ -137,6 +137,11 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class RateLimitedResponse(BaseModel):
+    detail: str = "Rate limit exceeded."
+    available_in: int = Field(description="Seconds until a request may succeed (as Retry-After).")
+
+
 class ValidationErrorResponse(BaseModel):
     detail: str = "Invalid request body."
     errors: dict[str, list[str]]

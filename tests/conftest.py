@@ -7,7 +7,7 @@ import pytest
 
 from app.migrate import upgrade_database_sync
 
-pytest_plugins = ["tests.fake_llm_fixture"]
+pytest_plugins = ["tests.fake_llm_fixture", "tests.redis_server"]
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +36,9 @@ def settings(database_url: str):  # type: ignore[no-untyped-def]
         # Tests change keys, users and memberships behind the app's back and expect the next
         # request to see it: no remembered lookups (tests/test_auth_cache.py tests the cache).
         auth_cache_seconds=0,
+        # The suite's many deliberate 401s all come from the ASGI transport's one address; the
+        # failed-authentication limit itself is tested with its own app (test_rate_limits.py).
+        rate_limit_auth_failures="1000000/5 minutes",
         _env_file=None,
     )
 

@@ -18,6 +18,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
+from app.auth.rate_limit_http import guard_authentication
 from app.auth.resolvers import Resolver, api_key, embed_key
 from app.auth.scopes import INTERACT_SCOPE
 from app.errors import NotAuthenticated, PermissionDenied
@@ -121,7 +122,8 @@ class Authenticator:
             presented.append((key, api_key.resolve))
         if embed is not None:
             presented.append((embed, embed_key.resolve))
-        principal = await resolve_presented(request, presented)
+        async with guard_authentication(request):  # rate limit on failures (SPEC §4.7)
+            principal = await resolve_presented(request, presented)
         if principal.kind not in self.allowed_kinds or not principal.allows(
             security_scopes.scopes, request.method
         ):

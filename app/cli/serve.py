@@ -68,6 +68,13 @@ def serve(
             title = "Chatbots API, embedded default (SQLite database ./chatbots.db)"
             _print_demo(info, f"http://{_display_host(host)}:{port}", title)
 
+    if workers > 1 and settings.rate_limit_enabled and not settings.redis_url:
+        typer.echo(
+            f"Warning: {workers} workers count rate limits each in its own memory, so each allows "
+            "the whole limit; set CHATBOTS_REDIS_URL to share one count.",
+            err=True,
+        )
+
     import uvicorn
 
     uvicorn.run(

@@ -2,10 +2,11 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, Header, Path, Request
 
 from app.auth.dependencies import ChatPrincipal
 from app.auth.principal import Principal
+from app.auth.rate_limit_http import count_team_request
 from app.config import Settings
 from app.errors import NotFound
 from app.routers.body import json_body, nul_characters
@@ -31,6 +32,14 @@ def _check_message(body: ApiMessage, settings: Settings) -> dict[str, list[str]]
     return {}
 
 
+async def team_limited_principal(request: Request, principal: ChatPrincipal) -> Principal:
+    """Authenticated, then counted against its team's rate limit (SPEC §4.7) before the body
+    is read: an over-limit client gets its 429 without sending or parsing anything more."""
+    await count_team_request(request, principal)
+    return principal
+
+
+ChatCaller = Annotated[Principal, Depends(team_limited_principal)]
 ApiMessageBody = Annotated[ApiMessage, Depends(json_body(ApiMessage, _check_message))]
 ExperimentId = Annotated[str, Path(description="Experiment ID")]
 IdempotencyKey = Annotated[
@@ -44,7 +53,7 @@ IdempotencyKey = Annotated[
 
 _OPERATION: dict[str, Any] = {
     "response_model": ApiResponseMessage,
-    "responses": error_responses(400, 401, 403, 404, 405, 408, 409, 413, 415, 502, 503, 504),
+    "responses": error_responses(400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 502, 503, 504),
     "openapi_extra": request_body("ApiMessage"),
 }
 
@@ -92,7 +101,7 @@ async def _incoming(
 )
 @router.post("/channels/api/{experiment_id}/incoming_message/", include_in_schema=False)
 async def new_api_message(
-    principal: ChatPrincipal,
+    principal: ChatCaller,
     body: ApiMessageBody,
     sessions: SessionmakerDep,
     store: StoreDep,
@@ -113,7 +122,7 @@ async def new_api_message(
 )
 @router.post("/channels/api/{experiment_id}/v{version}/incoming_message/", include_in_schema=False)
 async def new_api_message_versioned(
-    principal: ChatPrincipal,
+    principal: ChatCaller,
     body: ApiMessageBody,
     sessions: SessionmakerDep,
     store: StoreDep,

@@ -6,7 +6,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.schemas import ApiMessage, ErrorResponse, TriggerBotMessageRequest, ProviderErrorResponse, ValidationErrorResponse
+from app.schemas import (ApiMessage, ErrorResponse, ProviderErrorResponse, RateLimitedResponse,
+                         TriggerBotMessageRequest, ValidationErrorResponse)  # fmt: skip
 
 _DESCRIPTIONS = {
     400: "Invalid request body, JSON parse error, or a request the chatbot cannot serve.",
@@ -18,16 +19,37 @@ _DESCRIPTIONS = {
     409: "A request with this Idempotency-Key is still in flight.",
     413: "Request body too large.",
     415: "Content type is not JSON.",
+    429: "Rate limit exceeded (the team's, or the client's failed authentications); retry "
+    "after `Retry-After` seconds.",
     502: "The language model provider failed. The user's message is kept.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
     504: "The language model provider timed out. The user's message is kept.",
 }
-_MODELS: dict[int, type] = {400: ValidationErrorResponse, 502: ProviderErrorResponse,
-                            504: ProviderErrorResponse}  # fmt: skip
+_MODELS: dict[int, type] = {400: ValidationErrorResponse, 429: RateLimitedResponse,
+                            502: ProviderErrorResponse, 504: ProviderErrorResponse}  # fmt: skip
+
+
+def _integer_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer"}}
+
+
+_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": _integer_header("Seconds to wait (the body's `available_in`)."),
+        "X-RateLimit-Limit": _integer_header("The limit that was exceeded."),
+        "X-RateLimit-Remaining": _integer_header("Requests left in its window: 0."),
+        "X-RateLimit-Reset": _integer_header("Seconds from now until one more is allowed."),
+    }
+}
+
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
-        code: {"description": _DESCRIPTIONS[code], "model": _MODELS.get(code, ErrorResponse)}
+        code: {
+            "description": _DESCRIPTIONS[code],
+            "model": _MODELS.get(code, ErrorResponse),
+            **({"headers": _HEADERS[code]} if code in _HEADERS else {}),
+        }
         for code in codes
     }
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 
 from app.auth.dependencies import TeamPrincipal
 from app.auth.principal import Principal
+from app.auth.rate_limit_http import count_team_request
 from app.config import Settings
 from app.errors import PermissionDenied
 from app.routers.body import json_body, nul_characters
@@ -22,9 +23,11 @@ def _check_trigger(body: TriggerBotMessageRequest, settings: Settings) -> dict[s
     return trigger_errors(body, settings.max_message_chars) or nul_characters(body.model_dump())
 
 
-async def trigger_principal(principal: TeamPrincipal) -> Principal:
-    """Authenticated and authorized before the body is read (SPEC §3.3: 401/403, then 400)."""
+async def trigger_principal(request: Request, principal: TeamPrincipal) -> Principal:
+    """Authenticated and authorized before the body is read (SPEC §3.3: 401/403, then 400),
+    then counted against the team's rate limit (SPEC §4.7: 429 over it)."""
     authorize_trigger(principal)
+    await count_team_request(request, principal)
     return principal
 
 
@@ -44,7 +47,7 @@ TriggerBody = Annotated[TriggerBotMessageRequest, Depends(json_body(TriggerBotMe
     summary="Trigger the bot to send a message to the user",
     operation_id="trigger_bot_message",
     response_model=TriggerBotResponse,
-    responses=error_responses(400, 401, 403, 404, 405, 408, 413, 415, 503),
+    responses=error_responses(400, 401, 403, 404, 405, 408, 413, 415, 429, 503),
     openapi_extra=request_body("TriggerBotMessageRequest"),
 )
 @router.post("/api/trigger_bot/", include_in_schema=False)
@@ -69,7 +72,7 @@ async def trigger_bot_message(
     summary="The status of a bot-initiated message",
     operation_id="delivery_status",
     response_model=DeliveryStatusResponse,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 429),
 )
 @router.get("/api/deliveries/{delivery_id}/", include_in_schema=False)
 async def get_delivery(
