@@ -138,8 +138,9 @@ async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
     assert doc["components"]["securitySchemes"] == {
         "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
         "tokenAuth": {"type": "http", "scheme": "bearer"},
+        "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
     }
-    # In the order credentials are resolved (SPEC §4): Bearer first, then X-api-key.
-    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}]
+    # In the order credentials are resolved (SPEC §4): Bearer, X-api-key, then the cookie.
+    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}, {"cookieAuth": []}]
     # Trailing-slash aliases work but are not in the schema.
     assert not any(path.endswith("/") for path in paths)
