@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # processed one at a time even across processes; a crashed process's lease expires.
     session_lease_seconds: float = 120.0
 
+    # How long a process remembers a credential lookup (app.auth.cache): a key revoked or a
+    # member removed elsewhere stops working within this bound. 0: look up on every request.
+    auth_cache_seconds: float = 5.0
+
     # The embedded default's demo chatbot. Unset: the offline ``echo`` model, unless an
     # OpenAI/Anthropic key is found (read through these aliases, not CHATBOTS_-prefixed).
     demo_model: str | None = None

@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth.cache import CredentialCache
 from app.config import Settings
 from app.db import driver_dsn, engine_for, make_driver_pool, make_sessionmaker
 from app.llm import LlmClient
@@ -40,6 +41,12 @@ class Runtime:
     # Set when this process added deliveries: its delivery worker looks at once (on PostgreSQL
     # every worker is also woken by NOTIFY; elsewhere other processes' workers poll).
     deliveries_due: asyncio.Event = field(default_factory=asyncio.Event)
+    # Recent credential lookups (app.auth.cache): a steady client authenticates without a
+    # round trip; staleness bounded by CHATBOTS_AUTH_CACHE_SECONDS.
+    credentials: CredentialCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "credentials", CredentialCache(self.settings.auth_cache_seconds))
 
     def deliveries_added(self) -> None:
         """Wake this process's delivery worker, unless the trigger's NOTIFY does (PostgreSQL):

@@ -119,8 +119,9 @@ class Bench:
 
     # -- set-up -------------------------------------------------------------------------------
     def runs(self, part: str) -> bool:
-        """Whether this run measures ``part`` ("matrix": everything but the trigger scenarios;
-        "trigger": those): ``--only`` picks one, by default both."""
+        """Whether this run measures ``part`` ("matrix": the incoming_message measurements;
+        "auth": what authenticating costs; "trigger": the trigger scenarios): ``--only`` picks
+        one, by default all."""
         only = getattr(self.args, "only", None)
         return only is None or only == part
 

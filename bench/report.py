@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import authcost
 from bench.common import (
     CONCURRENCIES, DEFAULT_DELIVERY_CONCURRENCY, DISTURBED_OTHER_PCT, FRESH_CONCURRENCIES, FULL,
     HISTORY_MESSAGES, LATENCIES, QUICK, Budget, shown,
@@ -138,6 +139,7 @@ def _other_targets(results: dict[str, Any], add: Any) -> None:
             f"{f1['floor_p50_ms']:.2f} ms)",
             f1["added_p50_ms"] <= TARGET_FRESH_ADDED_MS,
         )
+    authcost.targets(results, add)
     tr = results.get("trigger")
     if tr:
         inc, trig = tr["cells"]
@@ -470,6 +472,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         *_fresh_section(results),
         *_trigger_section(results),
         *_deliveries_section(results),
+        *authcost.section(results),
         *([f"### trigger_bot scenarios: not measured ({results['trigger_skipped']})", ""]
           if results.get("trigger_skipped") else []),
         "### Targets",

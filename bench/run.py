@@ -3,6 +3,7 @@
     python bench/run.py            # the full run (about 13 minutes on 2 cores)
     python bench/run.py --quick    # a short smoke run (about 2 minutes)
     python bench/run.py --only trigger   # only the trigger_bot scenarios (3 to 5 minutes)
+    python bench/run.py --only auth      # only what authenticating costs (about 1 minute)
 
 What it does, stopping everything it started in the end (try/finally, process groups):
 
@@ -28,11 +29,14 @@ What it does, stopping everything it started in the end (try/finally, process gr
    server time per turn), the client-side CPU of one statement by layer (``bench/dbmicro.py``:
    raw asyncpg vs SQLAlchemy Core vs ORM) and, when py-spy is found (PATH, the venv,
    ``$PY_SPY`` or /tmp/pyspy/bin), a CPU profile of the service under load;
-8. the trigger scenarios (``bench/trigger.py``, last, on services of their own; ``--only
+8. what authenticating costs a request (``bench/authcost.py``; ``--only auth``): an API key
+   remembered (the default) and looked up every time (CHATBOTS_AUTH_CACHE_SECONDS=0), p50
+   against the same request without a credential, on services of their own;
+9. the trigger scenarios (``bench/trigger.py``, last, on services of their own; ``--only
    trigger`` runs only them): ``POST /api/trigger_bot`` vs a first incoming_message on one
    worker with the delivery worker off, and the deliveries end to end through a fake Telegram
    Bot API (``bench/fake_telegram.py``) with the worker in process;
-9. prints the table and a PASS/FAIL line per target, writes ``bench/out/results-<ts>.json`` and
+10. prints the table and a PASS/FAIL line per target, writes ``bench/out/results-<ts>.json`` and
    ``bench/out/results-<ts>.md`` (markdown for ``bench/RESULTS.md``); logs in ``bench/out/run-<ts>/``.
 
 All traffic goes to 127.0.0.1; every load phase is bounded in requests and seconds.
@@ -62,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import measurements, trigger  # noqa: E402
+from bench import authcost, measurements, trigger  # noqa: E402
 from bench.common import PY, log  # noqa: E402
 from bench.harness import Bench  # noqa: E402
 from bench.loadgen import install_uvloop  # noqa: E402
@@ -106,6 +110,8 @@ async def measure_all(bench: Bench) -> None:
         measurements.db_micro(bench)
         if want_profile:
             await measurements.profile(bench)
+    if bench.runs("auth"):
+        await authcost.auth_cost(bench)
     if bench.runs("trigger") and "trigger_skipped" not in bench.results:
         # Last: they stop the main service (its worker would send their deliveries). A failure
         # here (e.g. --rev of a commit without trigger_bot) keeps the results measured so far.
@@ -148,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
                         help="before each measurement wait up to this long for other processes "
                         "to leave the CPU alone (0: do not wait); default 10")
-    parser.add_argument("--only", choices=("matrix", "trigger"), default=None,
+    parser.add_argument("--only", choices=("matrix", "auth", "trigger"), default=None,
                         help="run only part of the benchmark: 'trigger' = the trigger_bot "
-                        "throughput and deliveries scenarios; 'matrix' = everything else "
-                        "(default: both)")
+                        "throughput and deliveries scenarios; 'auth' = what authenticating "
+                        "costs a request; 'matrix' = everything else (default: all)")
     parser.add_argument("--rev", default=None,
                         help="benchmark this git revision (exported to a temp dir) instead of the "
                         "working tree; results still land in this checkout's bench/out/")

@@ -33,6 +33,9 @@ def settings(database_url: str):  # type: ignore[no-untyped-def]
         llm_max_retries=1,
         # Deliveries stay pending unless a test runs a worker itself (tests/test_delivery_worker.py).
         worker_in_process=False,
+        # Tests change keys, users and memberships behind the app's back and expect the next
+        # request to see it: no remembered lookups (tests/test_auth_cache.py tests the cache).
+        auth_cache_seconds=0,
         _env_file=None,
     )
 

@@ -85,6 +85,7 @@ def credential_context(request: Request) -> CredentialContext:
         cookies=request.cookies,
         client_host=client.host if client else None,
         secure=request.url.scheme == "https",
+        cache=request.app.state.runtime.credentials,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # the models pull in the database layer, which has FastAPI dependencies
+    from app.auth.cache import CredentialCache
     from app.models import Role
 
 CredentialKind = Literal["api_key", "oauth", "session", "embed_key"]
@@ -60,3 +61,5 @@ class CredentialContext:
     cookies: Mapping[str, str]
     client_host: str | None
     secure: bool  # the request came over https (after trusted proxy headers)
+    # This process's memory of recent lookups (app.auth.cache); None: always look up.
+    cache: "CredentialCache | None" = None

@@ -9,7 +9,7 @@ from app.crypto import constant_time_equal, sha256_hex
 from app.db import utcnow
 from app.errors import NotAuthenticated
 from app.models import Role
-from app.stores.base import TurnStore
+from app.stores.base import ApiKeyRecord, TurnStore
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -23,7 +23,15 @@ async def resolve(store: TurnStore, raw_key: str, context: CredentialContext | N
     # The key's use (last_used_at, at most one write a minute) is recorded by the same round
     # trip, and only if the presented key is valid: no transaction is left open for the body.
     now, presented = utcnow(), sha256_hex(raw_key)
-    key = await store.use_api_key(prefix, presented, now, now - LAST_USED_RESOLUTION)
+
+    async def lookup() -> ApiKeyRecord | None:
+        record = await store.use_api_key(prefix, presented, now, now - LAST_USED_RESOLUTION)
+        # Only a record of this very key is remembered (a wrong secret under a known prefix
+        # is looked up each time, and is refused below).
+        return record if record is not None and constant_time_equal(presented, record.key_hash) else None
+
+    cache = context.cache if context is not None else None
+    key = await cache.get_or_load(("api_key", presented), lookup) if cache is not None else await lookup()
     if key is None:
         return None
     if (
