@@ -3,19 +3,21 @@ through the ASGI app with a browser logged in by the real login page: unsafe req
 CSRF header, each 401 has the SPEC's message, and a refused request writes nothing."""
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from sqlalchemy import delete, select, update
 
 from app.auth.csrf import CSRF_COOKIE, CSRF_HEADER
+from app.auth.resolvers import cookie as cookie_resolver
 from app.auth.web_sessions import SESSION_COOKIE, start_session
 from app.db import utcnow
 from app.models import Membership, Participant, Role, User
 from tests.assertions import assert_error, nothing_written
 from tests.browser import browser, give_password, log_in, new_browser  # noqa: F401 (browser: a fixture)
 from tests.factories import World, add_user
+from tests.test_auth_cache import cached_app  # noqa: F401 (a fixture)
 from tests.test_trigger_bot import URL as TRIGGER_URL
 from tests.test_trigger_bot import add_channel, body_for, counts
 
@@ -192,3 +194,41 @@ async def test_a_valid_cookie_does_not_rescue_an_invalid_api_key(db, world, logg
     async with nothing_written(db, world):
         r = await browser.post(world.url, json=message(), headers={"X-api-key": "abc", CSRF_HEADER: token})
     assert_error(r, 401, INVALID_TOKEN)
+
+
+# --- with remembered lookups (app/auth/cache.py; the suite's app remembers none) ---------------
+
+
+async def test_a_remembered_session_is_looked_up_once_and_a_logout_ends_it_at_once(cached_app, db, world, monkeypatch):
+    await give_password(db, world.user)
+    lookups = []
+    real = cookie_resolver.find_session
+
+    async def counted(*args):  # type: ignore[no-untyped-def]  # the real lookup, counted
+        lookups.append(1)
+        return await real(*args)
+
+    monkeypatch.setattr(cookie_resolver, "find_session", counted)
+    async with new_browser(cached_app) as browser:
+        token = await log_in(browser, world.user.email)
+        cookie = browser.cookies[SESSION_COOKIE]
+        for _ in range(2):
+            r = await browser.post(world.url, json=message(), headers={CSRF_HEADER: token})
+            assert r.status_code == 200, r.text
+        assert len(lookups) == 1
+        r = await browser.post("/accounts/logout", headers={CSRF_HEADER: token})
+        assert r.status_code == 303
+    async with new_browser(cached_app) as replay:
+        r = await replay.post(world.url, json=message(), headers=cookies_of(cookie, token) | {CSRF_HEADER: token})
+    assert_error(r, 401, INVALID_TOKEN)
+
+
+async def test_a_remembered_session_is_refused_once_it_has_expired(cached_app, db, world, monkeypatch):
+    store = cached_app.state.runtime.store
+    raw = await start_session(store, world.user.id, world.team.id, utcnow(), timedelta(minutes=1))
+    r = await _chat_with_cookie(cached_app, world, raw)
+    assert r.status_code == 200, r.text
+    monkeypatch.setattr(cookie_resolver, "utcnow", lambda: datetime.now(UTC) + timedelta(minutes=1))
+    async with nothing_written(db, world):
+        r = await _chat_with_cookie(cached_app, world, raw)
+    assert_error(r, 401, INVALID_TOKEN)  # from memory: no lookup would have found it either

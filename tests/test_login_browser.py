@@ -6,17 +6,13 @@ then the person logs out with the button. Skipped only where chromium is absent 
 installs it)."""
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from app.demo import DEMO_EMAIL
-from tests.server import free_port, serve, wait_for_banner
+from tests.server import demo_with_password
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "browser walk-through"
 
 # What a page script of this site does: the CSRF token from document.cookie into the header.
@@ -34,17 +30,7 @@ CHAT = """async ([chatbot, withHeader]) => {
 def test_log_in_chat_and_log_out_in_a_real_browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    proc = serve(tmp_path, port)
-    try:
-        banner = wait_for_banner(proc, port)
-        chatbot = next(line for line in banner if "Demo chatbot:" in line).split()[2]
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "user", "set-password", "--email", DEMO_EMAIL],
-            input=PASSWORD + "\n", text=True, cwd=tmp_path, check=True, capture_output=True, timeout=60,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
+    with demo_with_password(tmp_path, PASSWORD) as (base, chatbot):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
@@ -73,6 +59,3 @@ def test_log_in_chat_and_log_out_in_a_real_browser(tmp_path):
                 assert status == 401, body
             finally:
                 browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -3,27 +3,12 @@
 set the demo user's password with the CLI, log in, chat with the cookie and the CSRF header,
 log out."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import httpx
 
 from app.demo import DEMO_EMAIL
-from tests.server import free_port, serve, wait_for_banner
+from tests.server import demo_with_password
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "walk-through password"
-
-
-def _set_password(cwd: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "user", "set-password", "--email", DEMO_EMAIL],
-        input=PASSWORD + "\n", capture_output=True, text=True, cwd=cwd, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert PASSWORD not in done.stdout + done.stderr
 
 
 def _log_in(base: str, headers: dict[str, str]) -> httpx.Response:
@@ -34,14 +19,7 @@ def _log_in(base: str, headers: dict[str, str]) -> httpx.Response:
 
 
 def test_a_browser_session_on_a_real_server(tmp_path):
-    port = free_port()
-    proc = serve(tmp_path, port)
-    try:
-        banner = wait_for_banner(proc, port)
-        chatbot = next(line for line in banner if "Demo chatbot:" in line).split()[2]
-        _set_password(tmp_path)
-        base = f"http://127.0.0.1:{port}"
-
+    with demo_with_password(tmp_path, PASSWORD) as (base, chatbot):
         # A TLS proxy on this host (trusted by default) says https: the cookies are Secure.
         behind_tls = _log_in(base, {"X-Forwarded-Proto": "https"})
         assert behind_tls.status_code == 303, behind_tls.text
@@ -64,6 +42,3 @@ def test_a_browser_session_on_a_real_server(tmp_path):
         after = httpx.post(url, json={"message": "Hello"}, cookies=cookies,
                            headers={"X-CSRFToken": cookies["csrftoken"]}, timeout=10)  # fmt: skip
         assert after.status_code == 401 and after.json() == {"detail": "Invalid token."}
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.auth.cache import CredentialCache
 from app.auth.csrf import CSRF_COOKIE, CSRF_FORM_FIELD, CSRF_HEADER, csrf_failure, new_csrf_token
 from app.auth.login import LoginRefused, check_login, safe_next
 from app.auth.web_sessions import SESSION_COOKIE, end_session, find_session, start_session
@@ -43,13 +44,27 @@ def _root(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
 
-def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int, *, httponly: bool) -> None:
-    secure = request.url.scheme == "https"
-    response.set_cookie(name, value, max_age=max_age, path="/", secure=secure, httponly=httponly, samesite="lax")
+def _credentials(request: Request) -> CredentialCache:
+    """This process's memory of credential lookups: an ended session is forgotten at once."""
+    return request.app.state.runtime.credentials
+
+
+def _is_https(request: Request) -> bool:
+    """As uvicorn reports it, after the trusted proxies' X-Forwarded-Proto."""
+    return request.url.scheme == "https"
+
+
+def _set_cookie(
+    response: Response, request: Request, name: str, value: str, max_age: int, *, httponly: bool
+) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", secure=_is_https(request), httponly=httponly,
+        samesite="lax",
+    )  # fmt: skip
 
 
 def _page_csrf_token(request: Request) -> str:
-    """The browser's token if it has one of ours (other tabs' forms keep working), else a new one."""
+    """The browser's token if it has one of ours (other tabs' forms keep working), else new."""
     existing = request.cookies.get(CSRF_COOKIE, "")
     return existing if _CSRF_SHAPE.fullmatch(existing) else new_csrf_token()
 
@@ -91,7 +106,8 @@ def _login_page(
     response = templates.TemplateResponse(
         request, "login.html", context, status_code=status_code, headers=PAGE_HEADERS
     )
-    _set_cookie(response, request, CSRF_COOKIE, csrf_token, settings.session_cookie_seconds, httponly=False)
+    lifetime = settings.session_cookie_seconds  # the token must outlive no session
+    _set_cookie(response, request, CSRF_COOKIE, csrf_token, lifetime, httponly=False)
     return response
 
 
@@ -102,29 +118,35 @@ async def login_page(
 ) -> HTMLResponse:  # fmt: skip
     """The login form; sets the ``csrftoken`` cookie its post must match."""
     signed_in = await _signed_in(request, store, sessions)
-    fields = {"next": next, "team": team}
-    return _login_page(request, settings, csrf_token=_page_csrf_token(request), fields=fields, signed_in=signed_in)
+    token, fields = _page_csrf_token(request), {"next": next, "team": team}
+    return _login_page(request, settings, csrf_token=token, fields=fields, signed_in=signed_in)
 
 
 @router.post(LOGIN_PATH)
-async def login(request: Request, settings: SettingsDep, store: StoreDep, sessions: SessionmakerDep) -> Response:
+async def login(
+    request: Request, settings: SettingsDep, store: StoreDep, sessions: SessionmakerDep
+) -> Response:
     """Check the form, start a session, and go to ``next`` (a path on this site) or /docs."""
     form = await read_form(request, settings)
     failure = csrf_failure("POST", request.cookies.get(CSRF_COOKIE), form.get(CSRF_FORM_FIELD))
     if failure is not None:  # a fresh token comes with the page, so sending it again works
-        return _login_page(request, settings, csrf_token=new_csrf_token(), status_code=403, fields=form, error=failure)
+        token = new_csrf_token()
+        return _login_page(request, settings, csrf_token=token, status_code=403, fields=form, error=failure)
+    email, password, team = form.get("email", ""), form.get("password", ""), form.get("team", "")
     try:
         async with sessions() as db:
-            choice = await check_login(db, form.get("email", ""), form.get("password", ""), form.get("team", ""))
+            choice = await check_login(db, email, password, team)
     except LoginRefused as refused:
         return _login_page(
             request, settings, csrf_token=_page_csrf_token(request), status_code=400, fields=form,
             error=refused.detail, error_field=refused.field,
         )  # fmt: skip
-    if previous := request.cookies.get(SESSION_COOKIE):
-        await end_session(store, previous)  # a login replaces the browser's session, never adds one
+    if previous := request.cookies.get(SESSION_COOKIE):  # a login replaces a session, never adds one
+        await end_session(store, previous, _credentials(request))
     lifetime = settings.session_cookie_seconds
-    raw = await start_session(store, choice.user_id, choice.team_id, utcnow(), timedelta(seconds=lifetime))
+    raw = await start_session(
+        store, choice.user_id, choice.team_id, utcnow(), timedelta(seconds=lifetime)
+    )
     target = safe_next(form.get("next"), _root(request) + DEFAULT_NEXT)
     response = RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
     _set_cookie(response, request, SESSION_COOKIE, raw, lifetime, httponly=True)
@@ -140,9 +162,12 @@ async def logout(request: Request, settings: SettingsDep, store: StoreDep) -> Re
     presented = form.get(CSRF_FORM_FIELD) or request.headers.get(CSRF_HEADER)
     failure = csrf_failure("POST", request.cookies.get(CSRF_COOKIE), presented)
     if failure is not None:  # another site cannot log a browser out
-        return _login_page(request, settings, csrf_token=_page_csrf_token(request), status_code=403, error=failure)
+        token = _page_csrf_token(request)
+        return _login_page(request, settings, csrf_token=token, status_code=403, error=failure)
     if raw := request.cookies.get(SESSION_COOKIE):
-        await end_session(store, raw)
+        await end_session(store, raw, _credentials(request))
     response = RedirectResponse(_root(request) + LOGIN_PATH, status_code=303, headers=PAGE_HEADERS)
-    response.delete_cookie(SESSION_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="lax")
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", secure=_is_https(request), httponly=True, samesite="lax"
+    )
     return response

@@ -16,7 +16,8 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 async def read_form(request: Request, settings: Settings) -> dict[str, str]:
     """The posted fields ({} for no body: a script may send its CSRF token as a header
     instead); a field sent twice keeps its first value."""
-    raw = await read_body(request, min(FORM_MAX_BYTES, settings.max_body_bytes), settings.body_timeout_seconds)
+    limit = min(FORM_MAX_BYTES, settings.max_body_bytes)
+    raw = await read_body(request, limit, settings.body_timeout_seconds)
     if not raw.strip():
         return {}
     mime = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -9,34 +9,30 @@ failure (403) is only ever about a session that would otherwise have been let in
 
 from app.auth.csrf import CSRF_COOKIE, CSRF_HEADER, csrf_failure
 from app.auth.principal import CredentialContext, Principal
-from app.auth.scopes import ALL_SCOPES
-from app.auth.web_sessions import find_session
+from app.auth.resolvers import user_principal
+from app.auth.web_sessions import BrowserSession, cache_key, find_session
 from app.db import utcnow
-from app.errors import NotAuthenticated, PermissionDenied
+from app.errors import PermissionDenied
 from app.stores.base import TurnStore
 
 
 async def resolve(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
     """The session's principal; None for an unknown or expired session. Raises 401 with the
     SPEC's messages for an inactive user or a removed member, 403 ``CSRF Failed: ...``."""
-    session = await find_session(store, raw, utcnow())
-    if session is None:
+    now = utcnow()
+
+    async def lookup() -> BrowserSession | None:
+        return await find_session(store, raw, now)
+
+    cache = context.cache
+    session = await cache.get_or_load(cache_key(raw), lookup) if cache is not None else await lookup()
+    if session is None or session.expires_at <= now:  # a remembered one may have expired since
         return None
-    if not session.is_active:
-        raise NotAuthenticated("User inactive or deleted.")
-    if session.role is None:
-        raise NotAuthenticated("Incorrect authentication credentials.")
-    failure = csrf_failure(
-        context.method, context.cookies.get(CSRF_COOKIE), context.headers.get(CSRF_HEADER)
-    )
+    principal = user_principal(
+        "session", f"session:{session.id}", team_id=session.team_id, user_id=session.user_id,
+        email=session.email, is_active=session.is_active, role=session.role,
+    )  # fmt: skip
+    failure = csrf_failure(context.method, context.cookies.get(CSRF_COOKIE), context.headers.get(CSRF_HEADER))
     if failure is not None:
         raise PermissionDenied(failure)
-    return Principal(
-        kind="session",
-        credential_id=f"session:{session.id}",
-        team_id=session.team_id,
-        scopes=ALL_SCOPES,
-        user_id=session.user_id,
-        user_email=session.email,
-        role=session.role,
-    )
+    return principal
