@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     # Bound on one Redis call: a Redis that hangs costs a request this much, then it is let through.
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
 
+    # Browser sessions (SPEC §4.5): how long a login lasts (the session row's expiry and the
+    # cookies' max-age).
+    session_cookie_seconds: int = Field(default=14 * 24 * 3600, gt=0)
+    # Proxies whose X-Forwarded-Proto / X-Forwarded-For `chatbots serve` believes (uvicorn's
+    # forwarded_allow_ips: comma-separated addresses or networks, "*" for any, "" for none).
+    # The scheme decides the cookies' Secure flag, so only a proxy you run may set it.
+    forwarded_allow_ips: str = "127.0.0.1"
+
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
     # (run ``chatbots db upgrade`` once per release).

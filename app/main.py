@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
 from app.response_headers import with_pending_headers
-from app.routers import channels, docs, health, trigger
+from app.routers import accounts, channels, docs, health, trigger
 from app.routers.openapi_docs import install_openapi
 from app.routers.widget_cors import WidgetCorsMiddleware
 from app.runtime import open_runtime
@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply.
 
-Authenticate with an API key (`X-api-key` header, or `Authorization: Bearer <key>`).
+Authenticate with an API key (`X-api-key` header, or `Authorization: Bearer <key>`), or log in
+at `/accounts/login` and call from the browser with the `sessionid` cookie (unsafe requests then
+send the `csrftoken` cookie's value in `X-CSRFToken`).
 Errors are JSON: `{"detail": "..."}`; validation errors are 400 with an `errors` object."""
 
 
@@ -134,5 +136,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(channels.router)
     app.include_router(trigger.router)
     app.include_router(docs.router)
+    app.include_router(accounts.router)
     install_openapi(app)
     return app

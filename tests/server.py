@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -69,3 +71,33 @@ def start_worker(cwd: Path, log: Path, *, settings: dict[str, str]) -> subproces
             cwd=cwd, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+
+def set_password(cwd: Path, email: str, password: str) -> str:
+    """``chatbots user set-password`` for the server in ``cwd`` (its ./chatbots.db), the
+    password on standard input as an operator would pipe it; returns what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "user", "set-password", "--email", email],
+        input=password + "\n", capture_output=True, text=True, cwd=cwd, timeout=60,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+@contextmanager
+def demo_with_password(cwd: Path, password: str) -> Iterator[tuple[str, str]]:
+    """``chatbots serve`` on the embedded default in ``cwd``, its demo user given ``password``
+    (the printed output checked for it): the base URL and the demo chatbot's id."""
+    from app.demo import DEMO_EMAIL
+
+    port = free_port()
+    proc = serve(cwd, port)
+    try:
+        banner = wait_for_banner(proc, port)
+        chatbot = next(line for line in banner if "Demo chatbot:" in line).split()[2]
+        assert password not in set_password(cwd, DEMO_EMAIL, password)
+        yield f"http://127.0.0.1:{port}", chatbot
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -38,6 +38,7 @@ COMMANDS = [
     ["serve"], ["db", "upgrade"], ["demo"],
     ["team", "create"], ["team", "list"],
     ["user", "create"], ["user", "deactivate"], ["user", "activate"], ["user", "remove"],
+    ["user", "set-password"],
     ["apikey", "create"], ["apikey", "list"], ["apikey", "revoke"],
     ["provider", "create"], ["provider", "list"],
     ["chatbot", "create"], ["chatbot", "update"], ["chatbot", "publish"], ["chatbot", "list"],

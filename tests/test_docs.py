@@ -139,8 +139,9 @@ async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
         "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
         "embedKeyAuth": {"type": "apiKey", "in": "header", "name": "X-Embed-Key"},
         "tokenAuth": {"type": "http", "scheme": "bearer"},
+        "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
     }
-    # In the order credentials are resolved (SPEC §4): Bearer first, then X-api-key, X-Embed-Key.
-    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}, {"embedKeyAuth": []}]
+    # In the order credentials are resolved (SPEC §4): Bearer, X-api-key, X-Embed-Key, the cookie.
+    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}, {"embedKeyAuth": []}, {"cookieAuth": []}]
     # Trailing-slash aliases work but are not in the schema.
     assert not any(path.endswith("/") for path in paths)

@@ -5,7 +5,10 @@ The seed's security schemes are ``fastapi.security`` classes, so the OpenAPI doc
 read the credentials. Order (SPEC §4): ``Authorization: Bearer`` (an OAuth access token first,
 then an API key) → ``X-api-key`` → ``X-Embed-Key`` → ``sessionid`` cookie. Every credential
 presented is checked, so an invalid one is a 401 even when a valid one comes with it; the first
-valid one is the principal.
+valid one is the principal. The session cookie is the exception: a browser sends it unasked
+with every request to this site, so it counts as presented only when no header credential is
+(a caller that chose a key or token is judged by it alone, and a stale or CSRF-less cookie
+beside it does not break its calls, e.g. /docs used with an API key after a login).
 
 Deny by default: an ``Authenticator`` admits only the credential kinds it names, and the
 scopes of the ``Security(..., scopes=[...])`` that uses it.
@@ -15,12 +18,13 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Request, Security
-from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
+from fastapi.security import APIKeyCookie, APIKeyHeader, HTTPBearer, SecurityScopes
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
 from app.auth.rate_limit_http import guard_authentication
-from app.auth.resolvers import Resolver, api_key, embed_key
+from app.auth.resolvers import Resolver, api_key, cookie, embed_key
 from app.auth.scopes import INTERACT_SCOPE
+from app.auth.web_sessions import SESSION_COOKIE
 from app.errors import NotAuthenticated, PermissionDenied
 from app.stores.base import TurnStore
 
@@ -60,6 +64,8 @@ class HeaderKey(APIKeyHeader):
 bearer_scheme = BearerToken(scheme_name="tokenAuth", auto_error=False)
 api_key_scheme = HeaderKey(name="X-api-key", scheme_name="apiKeyAuth", auto_error=False)
 embed_key_scheme = HeaderKey(name="X-Embed-Key", scheme_name="embedKeyAuth", auto_error=False)
+# An empty ``sessionid`` (what a cleared cookie may leave behind) counts as no cookie.
+session_cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, scheme_name="cookieAuth", auto_error=False)
 
 
 async def _bearer(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
@@ -114,6 +120,7 @@ class Authenticator:
         bearer: Annotated[str | None, Security(bearer_scheme)],
         key: Annotated[str | None, Security(api_key_scheme)],
         embed: Annotated[str | None, Security(embed_key_scheme)],
+        session_cookie: Annotated[str | None, Security(session_cookie_scheme)],
     ) -> Principal:
         presented: list[tuple[str, Resolver]] = []
         if bearer is not None:
@@ -122,6 +129,8 @@ class Authenticator:
             presented.append((key, api_key.resolve))
         if embed is not None:
             presented.append((embed, embed_key.resolve))
+        if session_cookie is not None and not presented:  # ambient: only when alone (README)
+            presented.append((session_cookie, cookie.resolve))
         async with guard_authentication(request):  # rate limit on failures (SPEC §4.7)
             principal = await resolve_presented(request, presented)
         if principal.kind not in self.allowed_kinds or not principal.allows(

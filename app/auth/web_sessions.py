@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, delete, insert, select
 
+from app.auth.cache import CredentialCache
 from app.crypto import sha256_hex
 from app.models import Membership, Role, User, WebSession
 from app.stores.base import TurnStore
@@ -20,7 +21,7 @@ _S, _U, _M = WebSession.__table__, User.__table__, Membership.__table__
 _TIME = _S.c.expires_at.type
 
 FIND = (
-    select(_S.c.id, _S.c.user_id, _S.c.team_id, _U.c.email, _U.c.is_active, _M.c.role)
+    select(_S.c.id, _S.c.user_id, _S.c.team_id, _S.c.expires_at, _U.c.email, _U.c.is_active, _M.c.role)
     .join(_U, _U.c.id == _S.c.user_id)
     .outerjoin(_M, and_(_M.c.user_id == _S.c.user_id, _M.c.team_id == _S.c.team_id))
     .where(_S.c.session_hash == bindparam("p_hash"), _S.c.expires_at > bindparam("now", type_=_TIME))
@@ -40,6 +41,7 @@ class BrowserSession:
     id: int
     user_id: int
     team_id: int
+    expires_at: datetime  # checked again by a resolver that remembers the session (app.auth.cache)
     email: str
     is_active: bool
     role: Role | None  # None: no longer a member of the session's team
@@ -64,9 +66,19 @@ async def find_session(store: TurnStore, raw: str, now: datetime) -> BrowserSess
     if row is None:
         return None
     role = Role(row["role"]) if row["role"] is not None else None
-    return BrowserSession(row["id"], row["user_id"], row["team_id"], row["email"], row["is_active"], role)
+    return BrowserSession(
+        row["id"], row["user_id"], row["team_id"], row["expires_at"], row["email"], row["is_active"], role
+    )
 
 
-async def end_session(store: TurnStore, raw: str) -> None:
+def cache_key(raw: str) -> tuple[str, str]:
+    """The session's entry in the process's memory of lookups (``app.auth.cache``)."""
+    return ("session", sha256_hex(raw))
+
+
+async def end_session(store: TurnStore, raw: str, cache: CredentialCache | None = None) -> None:
+    """Delete the session; this process forgets it at once (others within their cache's TTL)."""
     async with store.statements() as run:
         await run.execute(END, {"p_hash": sha256_hex(raw)})
+    if cache is not None:
+        cache.forget(cache_key(raw))

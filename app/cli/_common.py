@@ -148,6 +148,14 @@ def print_done(as_json: bool, data: dict[str, Any], message: str) -> None:
 
 
 def read_secret(value: str | None) -> str | None:
-    if value == "-":
-        return sys.stdin.readline().rstrip("\r\n")
-    return value
+    return read_secret_line() if value == "-" else value
+
+
+def read_secret_line(prompt: str = "Secret: ") -> str:
+    """One line of standard input, without its line ending; at a terminal, asked for without
+    echoing it (getpass), so the secret is neither shown nor kept in the shell's history."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\r\n")

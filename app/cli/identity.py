@@ -14,6 +14,7 @@ from app.cli._common import (
     print_done,
     print_json,
     print_list,
+    read_secret_line,
     read_secret,
     run,
 )
@@ -99,6 +100,18 @@ def user_deactivate(email: EmailOpt, as_json: Json = False) -> None:
 def user_activate(email: EmailOpt, as_json: Json = False) -> None:
     """Activate a user again."""
     _set_active(email, True, as_json)
+
+
+@user_app.command("set-password")
+def user_set_password(email: EmailOpt, as_json: Json = False) -> None:
+    """Set a user's web login password, read from standard input (one line; at least 8
+    characters). Ends the user's browser sessions. Nothing secret is printed."""
+    from app.services.admin import set_password
+
+    password = read_secret_line("Password: ")
+    user, ended = run(lambda s, _: set_password(s, email, password))
+    data = {"email": user.email, "password_set": True, "sessions_ended": ended}
+    print_done(as_json, data, f"Password set for {user.email}; ended {ended} browser session(s).")
 
 
 @user_app.command("remove")

@@ -86,7 +86,15 @@ def serve(
         log_level="info",
         access_log=False,
         loop="auto",
+        **proxy_options(settings),
     )
+
+
+def proxy_options(settings: "Settings") -> dict[str, Any]:
+    """How uvicorn treats X-Forwarded-* headers: believed from the configured proxies only, so
+    a request's scheme (the session cookie's Secure flag) and client address are the proxy's
+    word, never a client's."""
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
 
 
 @db_app.command("upgrade")

@@ -41,6 +41,7 @@ from app.services.admin_identity import (
     parse_role,
     remove_member,
     revoke_api_key,
+    set_password,
     set_user_active,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "create_team", "create_user", "find_user", "get_chatbot_head", "get_team", "get_user",
     "list_api_keys", "list_channels", "list_chatbots", "list_providers", "list_teams",
     "mask_config", "normalize_email", "parse_role", "publish_chatbot",
-    "remove_member", "revoke_api_key", "rotate_widget_token", "set_channel_enabled", "set_user_active",
+    "remove_member", "revoke_api_key", "rotate_widget_token", "set_channel_enabled", "set_password",
+    "set_user_active",
     "update_chatbot",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +17,7 @@ from app.auth.api_keys import generate_api_key
 from app.auth.passwords import hash_password
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
-from app.models import ApiKey, Membership, Role, Team, User
+from app.models import ApiKey, Membership, Role, Team, User, WebSession
 
 T = TypeVar("T")
 
@@ -148,8 +148,8 @@ async def create_user(
     """Create a user and make them a member of a team; for an existing user, only the membership."""
     email = normalize_email(email)
     parsed_role = parse_role(role)
-    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
-        raise BadRequest(f"The password must have at least {MIN_PASSWORD_LENGTH} characters.")
+    if password is not None:
+        require_password(password)
     team = await get_team(session, team_slug)
     user = await find_user(session, email)
     user_created = user is None
@@ -175,6 +175,24 @@ async def set_user_active(session: AsyncSession, email: str, active: bool) -> Us
     user.is_active = active
     await session.flush()
     return user
+
+
+def require_password(password: str) -> None:
+    if not password:
+        raise BadRequest("The password may not be empty.")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise BadRequest(f"The password must have at least {MIN_PASSWORD_LENGTH} characters.")
+
+
+async def set_password(session: AsyncSession, email: str, password: str) -> tuple[User, int]:
+    """Set a user's web login password and end their browser sessions (a new password is how
+    an operator shuts out whoever knew the old one); returns the user and how many ended."""
+    require_password(password)
+    user = await get_user(session, email)
+    user.password_hash = hash_password(password)
+    ended = await session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    await session.flush()
+    return user, ended.rowcount or 0
 
 
 async def remove_member(session: AsyncSession, email: str, team_slug: str) -> int:

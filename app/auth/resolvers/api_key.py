@@ -4,11 +4,9 @@ from datetime import timedelta
 
 from app.auth.api_keys import split_prefix
 from app.auth.principal import CredentialContext, Principal
-from app.auth.scopes import ALL_SCOPES
+from app.auth.resolvers import user_principal
 from app.crypto import constant_time_equal, sha256_hex
 from app.db import utcnow
-from app.errors import NotAuthenticated
-from app.models import Role
 from app.stores.base import ApiKeyRecord, TurnStore
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -40,17 +38,7 @@ async def resolve(store: TurnStore, raw_key: str, context: CredentialContext | N
         or (key.expires_at is not None and key.expires_at <= now)
     ):
         return None
-    if not key.is_active:
-        raise NotAuthenticated("User inactive or deleted.")
-    if key.role is None:
-        raise NotAuthenticated("Incorrect authentication credentials.")
-    return Principal(
-        kind="api_key",
-        credential_id=f"api_key:{key.id}",
-        team_id=key.team_id,
-        scopes=ALL_SCOPES,
-        user_id=key.user_id,
-        user_email=key.email,
-        role=Role(key.role),
-        read_only=key.read_only,
-    )
+    return user_principal(
+        "api_key", f"api_key:{key.id}", team_id=key.team_id, user_id=key.user_id, email=key.email,
+        is_active=key.is_active, role=key.role, read_only=key.read_only,
+    )  # fmt: skip
