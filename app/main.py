@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
-from app.routers import channels, docs, health, trigger
+from app.routers import channels, docs, health, oauth, oauth_consent, trigger
 from app.routers.openapi_docs import install_openapi
 from app.runtime import open_runtime
 
@@ -129,5 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(channels.router)
     app.include_router(trigger.router)
     app.include_router(docs.router)
+    app.include_router(oauth.router)
+    app.include_router(oauth_consent.router)
     install_openapi(app)
     return app

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Request, Security
-from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
+from fastapi.security import APIKeyHeader, HTTPBearer, OAuth2AuthorizationCodeBearer, SecurityScopes
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
-from app.auth.resolvers import Resolver, api_key
-from app.auth.scopes import INTERACT_SCOPE
+from app.auth.resolvers import Resolver, api_key, oauth
+from app.auth.scopes import INTERACT_SCOPE, SCOPES
 from app.errors import NotAuthenticated, PermissionDenied
 from app.stores.base import TurnStore
 
@@ -61,10 +61,18 @@ class HeaderKey(APIKeyHeader):
 
 bearer_scheme = BearerToken(scheme_name="tokenAuth", auto_error=False)
 api_key_scheme = HeaderKey(name="X-api-key", scheme_name="apiKeyAuth", auto_error=False)
+# The OAuth2 scheme (SPEC §4.4) for the document and /docs' Authorize button. Its token comes in
+# the same ``Authorization: Bearer`` header ``bearer_scheme`` reads, and ``_bearer`` tries it
+# as an OAuth token first: the parameter is declared, never resolved twice.
+oauth2_scheme = OAuth2AuthorizationCodeBearer(
+    authorizationUrl="/o/authorize/", tokenUrl="/o/token/", refreshUrl="/o/token/",
+    scheme_name="OAuth2", scopes=SCOPES, auto_error=False,
+)  # fmt: skip
 
 
 async def _bearer(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
-    return await api_key.resolve(store, raw, context)  # OAuth access tokens first, once they land
+    principal = await oauth.resolve(store, raw, context)  # an OAuth access token first
+    return principal if principal is not None else await api_key.resolve(store, raw, context)
 
 
 async def _never(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
@@ -117,6 +125,7 @@ class Authenticator:
         security_scopes: SecurityScopes,
         bearer: Annotated[str | None, Security(bearer_scheme)],
         key: Annotated[str | None, Security(api_key_scheme)],
+        _oauth_token: Annotated[str | None, Security(oauth2_scheme)],
     ) -> Principal:
         presented: list[tuple[str, Resolver]] = []
         if bearer is not None:
