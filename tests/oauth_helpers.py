@@ -52,9 +52,9 @@ class Pkce:
         return create_s256_code_challenge(self.verifier)
 
 
-def browser(app: Any) -> httpx.AsyncClient:
+def browser(app: Any, base_url: str = "http://test") -> httpx.AsyncClient:
     """A cookie jar of its own: what one test's browser holds never reaches another test."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 
 
 async def log_in(app: Any, http: httpx.AsyncClient, world: World, user_id: int | None = None) -> None:
@@ -111,13 +111,15 @@ async def exchange(
     return await http.post("/o/token/", data=client.auth(form))
 
 
-async def user_tokens(app: Any, db: Any, world: World, **client_options: Any) -> tuple[OAuthClientInfo, dict[str, Any]]:
+async def user_tokens(
+    app: Any, db: Any, world: World, scope: str | None = "chatbots:interact", **client_options: Any
+) -> tuple[OAuthClientInfo, dict[str, Any]]:
     """A client and the token response of a complete code flow for the world's admin."""
     client = await register(db, world, **client_options)
     pkce = Pkce()
     async with browser(app) as http:
         await log_in(app, http, world)
-        code = await get_code(http, client, pkce)
+        code = await get_code(http, client, pkce, scope=scope)
         r = await exchange(http, client, code, pkce.verifier)
     assert r.status_code == 200, r.text
     return client, r.json()
