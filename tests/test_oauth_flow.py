@@ -130,3 +130,10 @@ async def test_a_team_choice_is_only_among_the_users_teams(app, db, world, setti
         refused = await decide(http, url, team=str(other.team.id))
     assert page.status_code == 200 and world.team.slug in page.text and other.team.slug not in page.text
     assert refused.status_code == 400 and "location" not in refused.headers
+
+
+async def test_docs_authorize_button_runs_the_code_flow_with_pkce(client):
+    html = (await client.get("/docs")).text
+    assert '"usePkceWithAuthorizationCodeGrant": true' in html and "/docs/oauth2-redirect" in html
+    r = await client.get("/docs/oauth2-redirect")
+    assert r.status_code == 200 and "oauth2" in r.text.lower()

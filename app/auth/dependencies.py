@@ -123,9 +123,9 @@ class Authenticator:
         self,
         request: Request,
         security_scopes: SecurityScopes,
+        _oauth_token: Annotated[str | None, Security(oauth2_scheme)],
         bearer: Annotated[str | None, Security(bearer_scheme)],
         key: Annotated[str | None, Security(api_key_scheme)],
-        _oauth_token: Annotated[str | None, Security(oauth2_scheme)],
     ) -> Principal:
         presented: list[tuple[str, Resolver]] = []
         if bearer is not None:
