@@ -11,11 +11,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+from sqlalchemy import update
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from app.auth.csrf import CSRF_COOKIE, CSRF_FORM_FIELD
 from app.auth.web_sessions import SESSION_COOKIE, start_session
+from app.crypto import sha256_hex
 from app.db import utcnow
+from app.models import Channel, Platform
 from app.services.admin_oauth import create_oauth_client
 from tests.factories import World
 
@@ -111,18 +114,34 @@ async def exchange(
     return await http.post("/o/token/", data=client.auth(form))
 
 
-async def user_tokens(
+async def code_for(
     app: Any, db: Any, world: World, scope: str | None = "chatbots:interact", **client_options: Any
-) -> tuple[OAuthClientInfo, dict[str, Any]]:
-    """A client and the token response of a complete code flow for the world's admin."""
+) -> tuple[OAuthClientInfo, Pkce, str]:
+    """A new client, its PKCE pair and a code the world's admin approved in a browser."""
     client = await register(db, world, **client_options)
     pkce = Pkce()
     async with browser(app) as http:
         await log_in(app, http, world)
         code = await get_code(http, client, pkce, scope=scope)
+    return client, pkce, code
+
+
+async def user_tokens(
+    app: Any, db: Any, world: World, scope: str | None = "chatbots:interact", **client_options: Any
+) -> tuple[OAuthClientInfo, dict[str, Any]]:
+    """A client and the token response of a complete code flow for the world's admin."""
+    client, pkce, code = await code_for(app, db, world, scope, **client_options)
+    async with browser(app) as http:
         r = await exchange(http, client, code, pkce.verifier)
     assert r.status_code == 200, r.text
     return client, r.json()
+
+
+async def set_token_row(db: Any, column: Any, secret: str, **values: Any) -> None:
+    """Change the token row whose ``column`` (a hash column) holds ``secret``'s hash."""
+    async with db() as s:
+        await s.execute(update(column.class_).where(column == sha256_hex(secret)).values(**values))
+        await s.commit()
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -132,3 +151,11 @@ def bearer(token: str) -> dict[str, str]:
 def trigger_body(world: World) -> dict[str, Any]:
     return {"identifier": "someone@example.com", "platform": "api", "experiment": str(world.chatbot.public_id),
             "message_text": "Hello from a trigger"}  # fmt: skip
+
+
+async def add_api_channel(db: Any, world: World, chatbot_id: int | None = None) -> None:
+    """The chatbot's ``api`` channel, which trigger_bot on ``api`` needs (SPEC §3.3 step 4)."""
+    async with db() as s:
+        s.add(Channel(team_id=world.team.id, chatbot_id=chatbot_id or world.chatbot.id, platform=Platform.api,
+                      name="api", config={"callback_url": "https://hooks.example/cb"}))  # fmt: skip
+        await s.commit()

@@ -1,21 +1,13 @@
 """Client credentials (SPEC §4.4): a team's machine client acts for the team without a user, on
 the chatbots it lists only; it may trigger but not chat."""
 
-from sqlalchemy import select
 
-from app.models import Channel, Chatbot, Platform
+from app.models import Chatbot
 from app.services.chatbots import publish_version
 from tests.assertions import assert_error
-from tests.oauth_helpers import bearer, register, trigger_body
+from tests.oauth_helpers import add_api_channel, bearer, register, trigger_body
 
 NO_USER = {"detail": "A client-credentials token has no user to chat as; use a user credential."}
-
-
-async def _api_channel(db, chatbot_id, team_id):  # type: ignore[no-untyped-def]
-    async with db() as s:
-        s.add(Channel(team_id=team_id, chatbot_id=chatbot_id, platform=Platform.api, name="api",
-                      config={"callback_url": "https://hooks.example/cb"}))  # fmt: skip
-        await s.commit()
 
 
 async def machine_token(client, db, world, scope=None):  # type: ignore[no-untyped-def]
@@ -28,7 +20,7 @@ async def machine_token(client, db, world, scope=None):  # type: ignore[no-untyp
 
 
 async def test_a_machine_token_triggers_its_chatbot(client, db, world):
-    await _api_channel(db, world.chatbot.id, world.team.id)
+    await add_api_channel(db, world)
     token = await machine_token(client, db, world)
     assert token["scope"].split() and "chatbots:interact" in token["scope"].split()  # none asked: all allowed
     r = await client.post("/api/trigger_bot", json=trigger_body(world), headers=bearer(token["access_token"]))
@@ -44,7 +36,7 @@ async def test_a_machine_token_is_403_on_another_chatbot_of_its_team(client, db,
         await publish_version(s, other)
         await s.commit()
         other_public_id = other.public_id
-    await _api_channel(db, other.id, world.team.id)
+    await add_api_channel(db, world, other.id)
     token = await machine_token(client, db, world)
     body = trigger_body(world) | {"experiment": str(other_public_id)}
     r = await client.post("/api/trigger_bot", json=body, headers=bearer(token["access_token"]))
@@ -58,7 +50,7 @@ async def test_a_machine_token_cannot_chat(client, db, world):
 
 
 async def test_a_machine_token_without_interact_scope_is_403(client, db, world):
-    await _api_channel(db, world.chatbot.id, world.team.id)
+    await add_api_channel(db, world)
     token = await machine_token(client, db, world, scope="chatbots:read")
     r = await client.post("/api/trigger_bot", json=trigger_body(world), headers=bearer(token["access_token"]))
     assert_error(r, 403, {"detail": "You do not have permission to perform this action."})

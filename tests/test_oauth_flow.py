@@ -6,19 +6,16 @@ import uuid
 from sqlalchemy import select
 
 from app.crypto import sha256_hex
-from app.models import Channel, OAuthToken, Platform
-from tests.assertions import assert_error
+from app.models import OAuthToken
 from tests.oauth_helpers import (
-    CALLBACK, Pkce, authorize_url, bearer, browser, decide, exchange, get_code, log_in, redirect_params, register,
+    add_api_channel,
+    CALLBACK, Pkce, authorize_url, bearer, browser, code_for, decide, exchange, log_in, redirect_params, register,
     trigger_body, user_tokens,
 )  # fmt: skip
 
 
 async def test_full_code_flow_with_pkce_reaches_incoming_message_and_trigger_bot(app, client, db, world):
-    async with db() as s:  # trigger_bot on `api` needs the chatbot's api channel (SPEC §3.3 step 4)
-        s.add(Channel(team_id=world.team.id, chatbot_id=world.chatbot.id, platform=Platform.api, name="api",
-                      config={"callback_url": "https://hooks.example/cb"}))  # fmt: skip
-        await s.commit()
+    await add_api_channel(db, world)
     oauth_client, tokens = await user_tokens(app, db, world, public=True)
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 3600
     assert tokens["scope"] == "chatbots:interact"
@@ -36,27 +33,18 @@ async def test_full_code_flow_with_pkce_reaches_incoming_message_and_trigger_bot
     assert tokens["access_token"] not in (row.access_token_hash, row.refresh_token_hash)  # stored hashed only
 
 
-async def test_token_responses_are_never_cached(app, db, world):
-    oauth_client = await register(db, world, public=True)
-    pkce = Pkce()
-    async with browser(app) as http:
-        await log_in(app, http, world)
-        code = await get_code(http, oauth_client, pkce)
-        ok = await exchange(http, oauth_client, code, pkce.verifier)
-        refused = await exchange(http, oauth_client, code, pkce.verifier)
+async def test_token_responses_are_never_cached(app, client, db, world):
+    oauth_client, pkce, code = await code_for(app, db, world, public=True)
+    ok = await exchange(client, oauth_client, code, pkce.verifier)
+    refused = await exchange(client, oauth_client, code, pkce.verifier)
     for r in (ok, refused):
         assert r.headers["cache-control"] == "no-store" and r.headers["pragma"] == "no-cache"
     assert ok.status_code == 200 and refused.status_code == 400
 
 
 async def test_no_scope_requested_grants_the_clients_allowed_scopes(app, db, world):
-    oauth_client = await register(db, world, public=True, scopes=["chatbots:interact", "sessions:read"])
-    pkce = Pkce()
-    async with browser(app) as http:
-        await log_in(app, http, world)
-        code = await get_code(http, oauth_client, pkce, scope=None)
-        r = await exchange(http, oauth_client, code, pkce.verifier)
-    assert r.json()["scope"] == "chatbots:interact sessions:read"
+    _, tokens = await user_tokens(app, db, world, scope=None, public=True, scopes=["chatbots:interact", "sessions:read"])
+    assert tokens["scope"] == "chatbots:interact sessions:read"
 
 
 async def test_consent_page_names_client_scopes_and_team_and_is_never_framed(app, db, world):

@@ -12,7 +12,7 @@ from app.db import utcnow
 from app.models import OAuthAuthorizationCode
 from tests.assertions import assert_error
 from tests.oauth_helpers import (
-    CALLBACK, Pkce, authorize_url, bearer, browser, decide, exchange, get_code, log_in,
+    CALLBACK, Pkce, authorize_url, bearer, browser, code_for, decide, exchange, get_code, log_in,
     redirect_params, register,
 )  # fmt: skip
 
@@ -50,43 +50,32 @@ async def test_wrong_or_missing_verifier_is_refused(app, db, world):
 
 
 async def test_a_replayed_code_is_refused_and_revokes_its_tokens(app, client, db, world):
-    oauth_client = await register(db, world, public=True)
-    pkce = Pkce()
-    async with browser(app) as http:
-        await log_in(app, http, world)
-        code = await get_code(http, oauth_client, pkce)
-        first = await exchange(http, oauth_client, code, pkce.verifier)
-        assert first.status_code == 200
-        tokens = first.json()
-        assert (await client.post(world.url, json={"message": "hi"}, headers=bearer(tokens["access_token"]))).status_code == 200
-        replay = await exchange(http, oauth_client, code, pkce.verifier)
-        refresh = await http.post("/o/token/", data=oauth_client.auth(
-            {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}))  # fmt: skip
+    oauth_client, pkce, code = await code_for(app, db, world, public=True)
+    first = await exchange(client, oauth_client, code, pkce.verifier)
+    assert first.status_code == 200
+    tokens = first.json()
+    assert (await client.post(world.url, json={"message": "hi"}, headers=bearer(tokens["access_token"]))).status_code == 200
+    replay = await exchange(client, oauth_client, code, pkce.verifier)
+    refresh = await client.post("/o/token/", data=oauth_client.auth(
+        {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}))  # fmt: skip
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
     r = await client.post(world.url, json={"message": "hi"}, headers=bearer(tokens["access_token"]))
     assert_error(r, 401, INVALID_TOKEN)
     assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
 
 
-async def test_an_expired_code_is_refused(app, db, world):
-    oauth_client = await register(db, world, public=True)
-    pkce = Pkce()
-    async with browser(app) as http:
-        await log_in(app, http, world)
-        code = await get_code(http, oauth_client, pkce)
-        async with db() as s:
-            await s.execute(update(OAuthAuthorizationCode).where(OAuthAuthorizationCode.code_hash == sha256_hex(code))
-                            .values(expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
-            await s.commit()
-        r = await exchange(http, oauth_client, code, pkce.verifier)
+async def test_an_expired_code_is_refused(app, client, db, world):
+    oauth_client, pkce, code = await code_for(app, db, world, public=True)
+    async with db() as s:
+        await s.execute(update(OAuthAuthorizationCode).where(OAuthAuthorizationCode.code_hash == sha256_hex(code))
+                        .values(expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
+        await s.commit()
+    r = await exchange(client, oauth_client, code, pkce.verifier)
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
 async def test_codes_live_sixty_seconds(app, db, world):
-    oauth_client = await register(db, world, public=True)
-    async with browser(app) as http:
-        await log_in(app, http, world)
-        code = await get_code(http, oauth_client, Pkce())
+    _, _, code = await code_for(app, db, world, public=True)
     stored = await _code_row(db, code)
     assert stored.expires_at - stored.created_at == timedelta(seconds=60)
     assert stored.code_challenge_method == "S256" and code not in stored.code_hash
@@ -152,11 +141,7 @@ async def test_no_implicit_or_password_grant(app, client, db, world):
 
 
 async def test_a_confidential_client_needs_its_secret_at_the_token_endpoint(app, client, db, world):
-    oauth_client = await register(db, world, public=False)
-    pkce = Pkce()
-    async with browser(app) as http:
-        await log_in(app, http, world)
-        code = await get_code(http, oauth_client, pkce)
+    oauth_client, pkce, code = await code_for(app, db, world, public=False)
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK, "code_verifier": pkce.verifier,
             "client_id": oauth_client.client_id}  # fmt: skip
     no_secret = await client.post("/o/token/", data=form)

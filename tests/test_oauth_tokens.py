@@ -12,9 +12,10 @@ from app.db import utcnow
 from app.models import Membership, OAuthToken, User
 from tests.assertions import assert_error
 from tests.factories import make_world
-from tests.oauth_helpers import bearer, browser, register, trigger_body, user_tokens
+from tests.oauth_helpers import bearer, browser, register, set_token_row, trigger_body, user_tokens
 
 INVALID_TOKEN = {"detail": "Invalid token."}
+SECOND = timedelta(seconds=1)
 FORBIDDEN = {"detail": "You do not have permission to perform this action."}
 
 
@@ -74,10 +75,7 @@ async def test_refresh_may_narrow_but_not_widen_the_scope(app, client, db, world
 
 async def test_an_expired_refresh_token_is_refused(app, client, db, world):
     oauth_client, tokens = await user_tokens(app, db, world, public=True)
-    async with db() as s:
-        await s.execute(update(OAuthToken).where(OAuthToken.refresh_token_hash == sha256_hex(tokens["refresh_token"]))
-                        .values(refresh_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
-        await s.commit()
+    await set_token_row(db, OAuthToken.refresh_token_hash, tokens["refresh_token"], refresh_expires_at=utcnow() - SECOND)
     r = await refresh(client, oauth_client, tokens["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
@@ -199,10 +197,7 @@ async def test_membership_and_activity_are_rechecked_on_every_request(app, clien
 
 async def test_an_expired_or_unknown_access_token_is_401(app, client, db, world):
     _, tokens = await user_tokens(app, db, world, public=True)
-    async with db() as s:
-        await s.execute(update(OAuthToken).where(OAuthToken.access_token_hash == sha256_hex(tokens["access_token"]))
-                        .values(access_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
-        await s.commit()
+    await set_token_row(db, OAuthToken.access_token_hash, tokens["access_token"], access_expires_at=utcnow() - SECOND)
     assert_error(await chat(client, world, tokens["access_token"]), 401, INVALID_TOKEN)
     assert_error(await chat(client, world, "cbat_" + "x" * 43), 401, INVALID_TOKEN)
     assert_error(await chat(client, world, "neither-a-token-nor-a-key"), 401, INVALID_TOKEN)
