@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # httpx logs every request's URL at INFO, and some providers' URLs carry a secret (Telegram's
     # bot token): no secret in the logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Authlib logs the tokens it issues at DEBUG: never, whatever the level (no secret in logs).
+    logging.getLogger("authlib").setLevel(logging.INFO)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

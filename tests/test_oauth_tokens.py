@@ -206,3 +206,11 @@ async def test_an_expired_or_unknown_access_token_is_401(app, client, db, world)
 async def test_api_keys_still_work_as_bearer_after_oauth_tokens(client, world):
     r = await client.post(world.url, json={"message": "hi"}, headers=bearer(world.key))
     assert r.status_code == 200, r.text
+
+
+async def test_issued_tokens_never_reach_the_logs_even_at_debug(app, db, world, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        _, tokens = await user_tokens(app, db, world, public=True)
+    assert tokens["access_token"] not in caplog.text and tokens["refresh_token"] not in caplog.text
