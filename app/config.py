@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     # The scheme decides the cookies' Secure flag, so only a proxy you run may set it.
     forwarded_allow_ips: str = "127.0.0.1"
 
+    # OAuth2 authorization server (SPEC §4.4). Access tokens are short-lived bearer tokens;
+    # refresh tokens rotate on every use, so their lifetime bounds an idle grant, not an active
+    # one. Codes live 60 s (RFC 9700 asks for a short life; a client redeems one at once).
+    oauth_access_token_seconds: int = Field(default=3600, ge=60)
+    oauth_refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    oauth_authorization_code_seconds: int = Field(default=60, ge=10, le=600)
+
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
     # (run ``chatbots db upgrade`` once per release).

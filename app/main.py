@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
 from app.response_headers import with_pending_headers
-from app.routers import accounts, channels, docs, health, trigger
+from app.routers import accounts, channels, docs, health, oauth, oauth_consent, trigger
 from app.routers.openapi_docs import install_openapi
 from app.routers.widget_cors import WidgetCorsMiddleware
 from app.runtime import open_runtime
@@ -95,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # httpx logs every request's URL at INFO, and some providers' URLs carry a secret (Telegram's
     # bot token): no secret in the logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Authlib logs the tokens it issues at DEBUG: never, whatever the level (no secret in logs).
+    logging.getLogger("authlib").setLevel(logging.INFO)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -137,5 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(trigger.router)
     app.include_router(docs.router)
     app.include_router(accounts.router)
+    app.include_router(oauth.router)
+    app.include_router(oauth_consent.router)
     install_openapi(app)
     return app

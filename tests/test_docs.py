@@ -13,6 +13,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
+from app.auth.scopes import SCOPES
 from tests.server import free_port, serve, wait_for_banner
 
 
@@ -136,12 +137,17 @@ async def test_openapi_declares_the_seed_names_and_only_working_schemes(client):
     assert {"400", "401", "403", "404", "405", "408", "409", "413", "415", "502", "503", "504"} <= set(plain["responses"])
     assert "422" not in plain["responses"]
     assert doc["components"]["securitySchemes"] == {
+        "OAuth2": {"type": "oauth2", "flows": {"authorizationCode": {
+            "authorizationUrl": "/o/authorize/", "tokenUrl": "/o/token/", "refreshUrl": "/o/token/",
+            "scopes": SCOPES}}},
         "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-api-key"},
         "embedKeyAuth": {"type": "apiKey", "in": "header", "name": "X-Embed-Key"},
         "tokenAuth": {"type": "http", "scheme": "bearer"},
         "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
-    }
-    # In the order credentials are resolved (SPEC §4): Bearer, X-api-key, X-Embed-Key, the cookie.
-    assert plain["security"] == [{"tokenAuth": []}, {"apiKeyAuth": []}, {"embedKeyAuth": []}, {"cookieAuth": []}]
+    }  # fmt: skip
+    # In the order credentials are resolved (SPEC §4): Bearer (an OAuth token first), X-api-key,
+    # X-Embed-Key, the cookie.
+    assert plain["security"] == [{"OAuth2": ["chatbots:interact"]}, {"tokenAuth": []}, {"apiKeyAuth": []},
+                                 {"embedKeyAuth": []}, {"cookieAuth": []}]  # fmt: skip
     # Trailing-slash aliases work but are not in the schema.
     assert not any(path.endswith("/") for path in paths)

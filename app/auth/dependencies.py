@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Request, Security
-from fastapi.security import APIKeyCookie, APIKeyHeader, HTTPBearer, SecurityScopes
+from fastapi.security import (
+    APIKeyCookie, APIKeyHeader, HTTPBearer, OAuth2AuthorizationCodeBearer, SecurityScopes,
+)  # fmt: skip
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
 from app.auth.rate_limit_http import guard_authentication
-from app.auth.resolvers import Resolver, api_key, cookie, embed_key
-from app.auth.scopes import INTERACT_SCOPE
+from app.auth.resolvers import Resolver, api_key, cookie, embed_key, oauth
+from app.auth.scopes import INTERACT_SCOPE, SCOPES
 from app.auth.web_sessions import SESSION_COOKIE
 from app.errors import NotAuthenticated, PermissionDenied
 from app.stores.base import TurnStore
@@ -63,13 +65,21 @@ class HeaderKey(APIKeyHeader):
 
 bearer_scheme = BearerToken(scheme_name="tokenAuth", auto_error=False)
 api_key_scheme = HeaderKey(name="X-api-key", scheme_name="apiKeyAuth", auto_error=False)
+# The OAuth2 scheme (SPEC §4.4) for the document and /docs' Authorize button. Its token comes in
+# the same ``Authorization: Bearer`` header ``bearer_scheme`` reads, and ``_bearer`` tries it
+# as an OAuth token first: the parameter is declared, never resolved twice.
+oauth2_scheme = OAuth2AuthorizationCodeBearer(
+    authorizationUrl="/o/authorize/", tokenUrl="/o/token/", refreshUrl="/o/token/",
+    scheme_name="OAuth2", scopes=SCOPES, auto_error=False,
+)  # fmt: skip
 embed_key_scheme = HeaderKey(name="X-Embed-Key", scheme_name="embedKeyAuth", auto_error=False)
 # An empty ``sessionid`` (what a cleared cookie may leave behind) counts as no cookie.
 session_cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, scheme_name="cookieAuth", auto_error=False)
 
 
 async def _bearer(store: TurnStore, raw: str, context: CredentialContext) -> Principal | None:
-    return await api_key.resolve(store, raw, context)  # OAuth access tokens first, once they land
+    principal = await oauth.resolve(store, raw, context)  # an OAuth access token first
+    return principal if principal is not None else await api_key.resolve(store, raw, context)
 
 
 def credential_context(request: Request) -> CredentialContext:
@@ -117,6 +127,7 @@ class Authenticator:
         self,
         request: Request,
         security_scopes: SecurityScopes,
+        _oauth_token: Annotated[str | None, Security(oauth2_scheme)],
         bearer: Annotated[str | None, Security(bearer_scheme)],
         key: Annotated[str | None, Security(api_key_scheme)],
         embed: Annotated[str | None, Security(embed_key_scheme)],

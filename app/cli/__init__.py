@@ -8,12 +8,12 @@ Start-up stays fast: the database layer, the services and uvicorn are imported i
 commands, never at module import (litellm is never imported here).
 
 The commands live in ``serve`` (serve, db, demo), ``identity`` (team, user, apikey), ``bots``
-(provider, chatbot, channel) and ``delivery`` (worker, delivery); ``_common`` holds what they share. The tree is assembled here.
+(provider, chatbot, channel) and ``delivery`` (worker, delivery), ``oauth_clients`` (oauth-client); ``_common`` holds what they share. The tree is assembled here.
 """
 
 import typer
 
-from app.cli import bots, delivery, identity, serve
+from app.cli import bots, delivery, identity, oauth_clients, serve
 
 app = typer.Typer(
     name="chatbots",
@@ -34,6 +34,7 @@ app.add_typer(bots.provider_app, name="provider")
 app.add_typer(bots.chatbot_app, name="chatbot")
 app.add_typer(bots.channel_app, name="channel")
 app.add_typer(delivery.delivery_app, name="delivery")
+app.add_typer(oauth_clients.oauth_client_app, name="oauth-client")
 
 
 def main() -> None:

@@ -4,12 +4,13 @@ networks). The Swagger UI 5 bundle comes from the pinned ``fastapi-swagger`` pac
 from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 
 from app.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
+OAUTH2_REDIRECT_PATH = "/docs/oauth2-redirect"
 
 ASSETS = resources.files("fastapi_swagger") / "resources"
 ASSET_NAMES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
@@ -25,7 +26,18 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
         swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
         swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
+        # The Authorize button's OAuth2 flow: authorization code with PKCE (S256), as the
+        # server requires, for a public client registered with this page's redirect URI
+        # (README, "OAuth2": `--redirect-uri <base>/docs/oauth2-redirect --public`).
+        oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_PATH}",
+        init_oauth={"usePkceWithAuthorizationCodeGrant": True, "scopes": "chatbots:interact"},
     )
+
+
+@router.get(OAUTH2_REDIRECT_PATH)
+async def swagger_ui_oauth2_redirect() -> HTMLResponse:
+    """Where the authorization server sends the browser back to /docs with the code."""
+    return get_swagger_ui_oauth2_redirect_html()
 
 
 @router.get("/docs/assets/{name}")

@@ -67,13 +67,19 @@ def normalise_identifier(platform: str, identifier: str) -> str:
     return identifier
 
 
+def is_team_machine(principal: Principal) -> bool:
+    """A client-credentials token: it acts for the team itself, on its client's chatbots."""
+    return principal.kind == "oauth" and principal.user_id is None and principal.chatbot_ids is not None
+
+
 def authorize_trigger(principal: Principal) -> None:
     """Only a team's admins may push messages (SPEC §3.3 step 1): an embed key is public, a
-    member may only chat."""
+    member may only chat. A team's client-credentials token may, with ``chatbots:interact``
+    (SPEC §4.4), on its own chatbots only (checked once the chatbot is found)."""
     if (
         not principal.allows([INTERACT_SCOPE])
         or principal.kind == "embed_key"
-        or principal.role not in TRIGGER_ROLES
+        or (principal.role not in TRIGGER_ROLES and not is_team_machine(principal))
     ):
         raise PermissionDenied()
 
@@ -91,6 +97,8 @@ async def trigger_bot(
     target = await store.load_trigger_target(principal.team_id, uuid.UUID(body.experiment), platform)
     if target is None:
         raise NotFound(CHATBOT_NOT_FOUND)
+    if not principal.may_reach(target.head_id):  # a chatbot of the team, not of this credential
+        raise PermissionDenied()
     if platform in CANNOT_PUSH or target.channel_id is None:
         raise BadRequest(no_channel(platform))
     if not target.channel_enabled:
