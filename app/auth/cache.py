@@ -51,6 +51,12 @@ class CredentialCache:
         for key in keys:
             self._entries.pop(key, None)
 
+    def forget_kind(self, kind: str) -> None:
+        """Every entry whose key is a tuple starting with ``kind`` (e.g. all OAuth tokens, when
+        a revocation names families rather than the tokens' values)."""
+        for key in [k for k in self._entries if isinstance(k, tuple) and k[:1] == (kind,)]:
+            del self._entries[key]
+
     def clear(self) -> None:
         self._entries.clear()
 

@@ -17,6 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from app.auth.cache import CredentialCache
 from app.auth.csrf import CSRF_COOKIE, CSRF_FORM_FIELD, CSRF_HEADER, csrf_failure, new_csrf_token
 from app.auth.login import LoginRefused, check_login, safe_next
+from app.auth.rate_limit_http import client_ip, rate_limiter, report
+from app.auth.rate_limits import RateLimited
 from app.auth.web_sessions import SESSION_COOKIE, end_session, find_session, start_session
 from app.db import utcnow
 from app.models import Team
@@ -133,10 +135,22 @@ async def login(
         token = new_csrf_token()
         return _login_page(request, settings, csrf_token=token, status_code=403, fields=form, error=failure)
     email, password, team = form.get("email", ""), form.get("password", ""), form.get("team", "")
+    limiter, ip = rate_limiter(request), client_ip(request)
+    try:  # failures are limited per account and per address (SPEC §4.7), before any work
+        await limiter.check_login(ip, email)
+    except RateLimited as limited:
+        page = _login_page(
+            request, settings, csrf_token=_page_csrf_token(request), status_code=429, fields=form,
+            error=f"Too many failed logins. Try again in {limited.status.reset_after} seconds.",
+        )  # fmt: skip
+        page.headers.update(limited.headers)
+        return page
     try:
         async with sessions() as db:
             choice = await check_login(db, email, password, team)
     except LoginRefused as refused:
+        if refused.field is None:  # the email and password (a team chosen wrong is no guess)
+            report(request, await limiter.record_login_failure(ip, email))
         return _login_page(
             request, settings, csrf_token=_page_csrf_token(request), status_code=400, fields=form,
             error=refused.detail, error_field=refused.field,

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse, Response
 
 from app.auth.oauth.metadata import INTROSPECT_PATH, REVOKE_PATH, TOKEN_PATH, server_metadata
 from app.auth.oauth.server import FormRequest, OAuthAnswer, OAuthServer, run_oauth
+from app.auth.rate_limit_http import client_ip, rate_limiter, report
+from app.auth.resolvers import oauth as oauth_credential
 from app.routers.body import read_body
 from app.routers.deps import SessionmakerDep, SettingsDep
 
@@ -59,13 +61,19 @@ async def _exchange(
     if isinstance(form, str):
         return invalid_request(form)
     oauth_request = FormRequest(request.method, str(request.url), request.headers, form, form=True)
-    answer = await run_oauth(sessions, settings, lambda server: work(server, oauth_request))
+    credentials = request.app.state.runtime.credentials
+    answer = await run_oauth(
+        sessions, settings, lambda server: work(server, oauth_request),
+        on_revoked=lambda: credentials.forget_kind(oauth_credential.CACHE_KIND),
+    )  # fmt: skip
     return oauth_response(answer)
 
 
 @router.post(TOKEN_PATH)
 @router.post(TOKEN_PATH.rstrip("/"))
 async def token(request: Request, sessions: SessionmakerDep, settings: SettingsDep) -> Response:
+    # Counted per client address before anything is read (SPEC §4.7): 429 over the limit.
+    report(request, await rate_limiter(request).hit_token_endpoint(client_ip(request)))
     return await _exchange(request, sessions, settings, lambda server, r: server.create_token_response(r))
 
 

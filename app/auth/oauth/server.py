@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.auth.oauth.endpoints import Introspection, Revocation
 from app.auth.oauth.grants import AuthorizationCodeGrant, ClientCredentialsGrant, RotatingRefreshGrant, S256Required
 from app.auth.oauth.records import Client, GrantOwner
-from app.auth.oauth.tokens import TokenGenerator, new_family_id, store_token
+from app.auth.oauth.tokens import REVOKED, TokenGenerator, new_family_id, store_token
 from app.auth.scopes import SCOPES
 from app.config import Settings
 from app.db import utcnow
@@ -126,12 +126,19 @@ class OAuthServer(AuthorizationServer):
 
 
 async def run_oauth(
-    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, work: Callable[[OAuthServer], T]
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    work: Callable[[OAuthServer], T],
+    on_revoked: Callable[[], None] | None = None,
 ) -> T:
     """Run ``work`` on a server bound to a new session, in one transaction committed afterwards
-    (also when Authlib answered an error: a replay's revocations must stay)."""
+    (also when Authlib answered an error: a replay's revocations must stay). ``on_revoked``
+    runs after the commit if the exchange revoked tokens (a code replay, a refresh token
+    reused, a revocation request)."""
     async with sessionmaker() as session:
         now = utcnow()
         result = await session.run_sync(lambda db: work(OAuthServer(db, settings, now)))
         await session.commit()
+        if on_revoked is not None and session.sync_session.info.pop(REVOKED, False):
+            on_revoked()
         return result

@@ -83,12 +83,16 @@ def store_token(
     return row
 
 
+REVOKED = "oauth_tokens_revoked"
+
+
 def revoke_families(db: Session, where: object, now: datetime) -> None:
     """Revoke every token of the families of the tokens matching ``where``."""
     families = select(_T.c.family_id).where(where).scalar_subquery()
     db.execute(
         update(_T).where(_T.c.family_id.in_(families), _T.c.revoked_at.is_(None)).values(revoked_at=now)
     )
+    db.info[REVOKED] = True  # the exchange then forgets the process's remembered tokens
 
 
 def revoke_family(db: Session, family_id: str, now: datetime) -> None:

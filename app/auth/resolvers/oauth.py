@@ -2,9 +2,15 @@
 
 One indexed lookup (the token's hash, unique) joined to its client (primary key) and, for a
 user grant, the user and the user's membership in the token's team, so the membership is
-re-checked on every request without a second round trip. A client-credentials token has no
+re-checked with the token without a second round trip; remembered by the process for
+``CHATBOTS_AUTH_CACHE_SECONDS`` like every credential lookup (``app.auth.cache``): a revocation
+through this process (code replay, refresh reuse, /o/revoke_token/) forgets every remembered
+token at once; one made elsewhere (the CLI, another replica) takes effect within that bound. A client-credentials token has no
 user: it acts for its client's team, on the client's chatbots only.
 """
+
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import and_, bindparam, select
 
@@ -18,6 +24,15 @@ from app.models import Membership, OAuthClient, OAuthToken, Role, User
 from app.stores.base import TurnStore
 
 _T, _C, _U, _M = OAuthToken.__table__, OAuthClient.__table__, User.__table__, Membership.__table__
+
+CACHE_KIND = "oauth"
+
+
+def cache_key(raw: str) -> tuple[str, str]:
+    """The token's entry in the process's memory of lookups (``app.auth.cache``): remembered
+    like a key's, its expiry and revocation read from the remembered row on every request."""
+    return (CACHE_KIND, sha256_hex(raw))
+
 
 FIND_ACCESS_TOKEN = (
     select(
@@ -38,8 +53,13 @@ async def resolve(store: TurnStore, raw: str, context: CredentialContext | None 
     if not raw.startswith(ACCESS_TOKEN_PREFIX):
         return None  # not an access token this server issued: no round trip
     presented = sha256_hex(raw)
-    async with store.statements(read_only=True) as run:
-        row = await run.first(FIND_ACCESS_TOKEN, {"p_hash": presented})
+
+    async def lookup() -> Mapping[str, Any] | None:
+        async with store.statements(read_only=True) as run:
+            return await run.first(FIND_ACCESS_TOKEN, {"p_hash": presented})
+
+    cache = context.cache if context is not None else None
+    row = await cache.get_or_load(cache_key(raw), lookup) if cache is not None else await lookup()
     if (
         row is None
         or not constant_time_equal(presented, row["access_token_hash"])
