@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     oauth_access_token_seconds: int = Field(default=3600, ge=60)
     oauth_refresh_token_seconds: int = Field(default=30 * 24 * 3600, ge=60)
     oauth_authorization_code_seconds: int = Field(default=60, ge=10, le=600)
+    # The public client /docs' Authorize button uses (the demo registers it with the redirect
+    # URIs of the addresses it serves; elsewhere register a public client and name it here).
+    docs_oauth_client_id: str = "chatbots-docs"
 
     log_level: str = "INFO"
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere

@@ -5,6 +5,7 @@ The model is ``CHATBOTS_DEMO_MODEL`` ("<provider_type>/<model>" or "echo"), else
 Anthropic when their key is in the environment, else the offline ``echo`` provider.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from app.services.admin import (
     create_provider,
     create_user,
 )
+from app.services.admin_oauth import ensure_docs_client
 from app.services.chatbots import publish_version
 
 DEMO_TEAM_SLUG = "demo"
@@ -74,13 +76,26 @@ def choose_demo_model(settings: Settings) -> DemoModel:
 
 
 async def ensure_demo(
-    session: AsyncSession, settings: Settings, *, team_slug: str = DEMO_TEAM_SLUG
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    team_slug: str = DEMO_TEAM_SLUG,
+    base_urls: Sequence[str] = (),
 ) -> DemoInfo:
     """Create the demo once; later calls only report it. The caller commits.
 
     The API key is only created (and returned) together with the team: the raw key cannot be
-    shown again, so later starts print how to make a new one instead.
+    shown again, so later starts print how to make a new one instead. The /docs OAuth client
+    (``ensure_docs_client``) gets the redirect URIs of ``base_urls``, on every call: a start on
+    another port adds its own.
     """
+    info = await _ensure_demo(session, settings, team_slug)
+    if base_urls:
+        await ensure_docs_client(session, team_slug, list(base_urls), settings.docs_oauth_client_id)
+    return info
+
+
+async def _ensure_demo(session: AsyncSession, settings: Settings, team_slug: str) -> DemoInfo:
     choice = choose_demo_model(settings)
     built: list[Team] = []
 

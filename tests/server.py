@@ -1,6 +1,7 @@
 """A real ``chatbots serve`` process on the embedded default, for end-to-end and browser tests."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
+
+
+OUTPUT_ROOT = Path(os.environ.get("CHATBOTS_TEST_OUTPUT") or Path(__file__).parent.parent / "test-output")
+
+
+def output_dir(request: "pytest.FixtureRequest") -> Path:
+    """Where a test keeps what a person may want to look at afterwards (browser screenshots):
+    ``test-output/<test name>/`` (``CHATBOTS_TEST_OUTPUT`` moves the root; git ignores it)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    path = OUTPUT_ROOT / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def free_port() -> int:

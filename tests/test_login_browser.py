@@ -2,7 +2,8 @@
 nothing downloaded) against a real ``chatbots serve``. A person logs in with the form (no
 JavaScript of ours involved), lands on /docs, a script of the page calls incoming_message with
 the ``csrftoken`` cookie's value in ``X-CSRFToken`` and cannot read the HttpOnly ``sessionid``,
-then the person logs out with the button. Skipped only where chromium is absent (``.ci/run``
+then the person logs out with the button; a screenshot of the final page is saved under the
+test's output folder (``tests/server.py`` ``output_dir``). Skipped only where chromium is absent (``.ci/run``
 installs it)."""
 
 import shutil
@@ -10,7 +11,7 @@ import shutil
 import pytest
 
 from app.demo import DEMO_EMAIL
-from tests.server import demo_with_password
+from tests.server import demo_with_password, output_dir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PASSWORD = "browser walk-through"
@@ -27,7 +28,7 @@ CHAT = """async ([chatbot, withHeader]) => {
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed here")
-def test_log_in_chat_and_log_out_in_a_real_browser(tmp_path):
+def test_log_in_chat_and_log_out_in_a_real_browser(tmp_path, request):
     from playwright.sync_api import sync_playwright
 
     with demo_with_password(tmp_path, PASSWORD) as (base, chatbot):
@@ -57,5 +58,6 @@ def test_log_in_chat_and_log_out_in_a_real_browser(tmp_path):
                 page.wait_for_url(f"{base}/accounts/login")
                 status, body = page.evaluate(CHAT, [chatbot, True])
                 assert status == 401, body
+                page.screenshot(path=str(output_dir(request) / "login-page-after-logout.png"), full_page=True)
             finally:
                 browser.close()

@@ -34,6 +34,13 @@ def _display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _local_urls(port: int) -> list[str]:
+    """The addresses a browser on this machine reaches the service at (the /docs client's
+    redirect URIs are matched exactly, so both loopback names are registered; plain http is
+    allowed only to loopback: another address needs https and ``chatbots demo --base-url``)."""
+    return [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
 def _print_demo(info: Any, base_url: str, title: str) -> None:
     from app.demo import demo_curl
 
@@ -61,7 +68,7 @@ def serve(
         async def prepare(session: "AsyncSession", settings: "Settings") -> Any:
             from app.demo import ensure_demo
 
-            return await ensure_demo(session, settings) if embedded else None
+            return await ensure_demo(session, settings, base_urls=_local_urls(port)) if embedded else None
 
         info = run(prepare, settings)
         if info is not None:
@@ -128,8 +135,12 @@ def demo(
     """Create the demo team, user, API key and chatbot (once) and show how to call it."""
     from app.demo import demo_curl, ensure_demo
 
-    info = run(ensure_demo)
     base_url = base_url.rstrip("/")
+
+    async def prepare(session: "AsyncSession", settings: "Settings") -> Any:
+        return await ensure_demo(session, settings, base_urls=[base_url])
+
+    info = run(prepare)
     if as_json:
         curl = demo_curl(base_url, info.chatbot_public_id, info.api_key)
         print_json(dataclasses.asdict(info) | {"curl": curl})

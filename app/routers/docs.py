@@ -8,9 +8,10 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import FileResponse, HTMLResponse
 
 from app.errors import NotFound
+from app.services.admin_oauth import DOCS_REDIRECT_PATH
 
 router = APIRouter(include_in_schema=False)
-OAUTH2_REDIRECT_PATH = "/docs/oauth2-redirect"
+OAUTH2_REDIRECT_PATH = DOCS_REDIRECT_PATH
 
 ASSETS = resources.files("fastapi_swagger") / "resources"
 ASSET_NAMES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
@@ -27,10 +28,14 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
         swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
         # The Authorize button's OAuth2 flow: authorization code with PKCE (S256), as the
-        # server requires, for a public client registered with this page's redirect URI
-        # (README, "OAuth2": `--redirect-uri <base>/docs/oauth2-redirect --public`).
+        # server requires, for the public client CHATBOTS_DOCS_OAUTH_CLIENT_ID registered with
+        # this page's redirect URI (the demo registers it: app.services.admin_oauth).
         oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_PATH}",
-        init_oauth={"usePkceWithAuthorizationCodeGrant": True, "scopes": "chatbots:interact"},
+        init_oauth={
+            "clientId": request.app.state.settings.docs_oauth_client_id,
+            "usePkceWithAuthorizationCodeGrant": True,
+            "scopes": "chatbots:interact",
+        },
     )
 
 

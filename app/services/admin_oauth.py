@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.scopes import SCOPES
+from app.auth.scopes import INTERACT_SCOPE, SCOPES
 from app.crypto import sha256_hex
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
@@ -28,6 +28,7 @@ CLIENT_SECRET_PREFIX = "cbcs_"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 CODE_GRANTS = ["authorization_code", "refresh_token"]
 MACHINE_GRANTS = ["client_credentials"]
+DOCS_REDIRECT_PATH = "/docs/oauth2-redirect"  # Swagger UI's page (app.routers.docs)
 
 
 def check_redirect_uri(uri: str) -> str:
@@ -107,6 +108,30 @@ async def create_oauth_client(
     )
     await add_unique(session, client, "Client id collision; please try again.")
     return client, secret
+
+
+async def ensure_docs_client(session: AsyncSession, team_slug: str, base_urls: list[str], client_id: str) -> OAuthClient:
+    """The public client that /docs' Authorize button uses (SPEC §4.4: the code flow with PKCE
+    from Swagger UI), under a fixed ``client_id`` the page can name; owned by ``team_slug``
+    (the consent page then shows that team) and allowed ``chatbots:interact`` only. Each base
+    URL the service is reached at adds its ``<base>/docs/oauth2-redirect`` redirect URI (exact
+    matching: ``http://127.0.0.1:8000`` and ``http://localhost:8000`` are two); none is ever
+    removed, and a revoked client stays revoked."""
+    uris = [check_redirect_uri(base.rstrip("/") + DOCS_REDIRECT_PATH) for base in base_urls]
+    client = await session.scalar(select(OAuthClient).where(OAuthClient.client_id == client_id))
+    if client is None:
+        team = await get_team(session, team_slug)
+        client = OAuthClient(
+            client_id=client_id, client_secret_hash=None, name="API docs (/docs)", team_id=team.id,
+            redirect_uris=uris, grant_types=list(CODE_GRANTS), scopes=[INTERACT_SCOPE], chatbot_ids=[],
+        )  # fmt: skip
+        await add_unique(session, client, "The /docs client was registered concurrently; please try again.")
+        return client
+    merged = list(dict.fromkeys([*client.redirect_uris, *uris]))
+    if merged != client.redirect_uris:
+        client.redirect_uris = merged
+        await session.flush()
+    return client
 
 
 @dataclass(frozen=True)
