@@ -103,6 +103,20 @@ async def test_the_documented_schemes_come_from_the_dependencies(client: httpx.A
     schemes = doc["components"]["securitySchemes"]
     assert schemes["apiKeyAuth"] == {"type": "apiKey", "in": "header", "name": "X-api-key"}
     assert schemes["tokenAuth"] == {"type": "http", "scheme": "bearer"}
-    for path in ("/channels/api/{experiment_id}/incoming_message", "/api/trigger_bot"):
-        operation = doc["paths"][path]["post"]
-        assert {name for requirement in operation["security"] for name in requirement} == set(schemes)
+    assert schemes["embedKeyAuth"] == {"type": "apiKey", "in": "header", "name": "X-Embed-Key"}
+    assert schemes["cookieAuth"] == {"type": "apiKey", "in": "cookie", "name": "sessionid"}
+    assert schemes["OAuth2"]["flows"]["authorizationCode"]["authorizationUrl"] == "/o/authorize/"
+
+
+async def test_each_operation_offers_only_the_schemes_its_authenticator_admits(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+
+    def offered(path: str, method: str) -> set[str]:
+        return {name for requirement in doc["paths"][path][method]["security"] for name in requirement}
+
+    everything = {"OAuth2", "tokenAuth", "apiKeyAuth", "embedKeyAuth", "cookieAuth"}
+    assert offered("/channels/api/{experiment_id}/incoming_message", "post") == everything
+    assert offered("/channels/api/{experiment_id}/v{version}/incoming_message", "post") == everything
+    # An embed key may only chat: the document does not offer it where it would be a 403.
+    assert offered("/api/trigger_bot", "post") == everything - {"embedKeyAuth"}
+    assert offered("/api/deliveries/{delivery_id}", "get") == everything - {"embedKeyAuth"}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.security import (
     APIKeyCookie, APIKeyHeader, HTTPBearer, OAuth2AuthorizationCodeBearer, SecurityScopes,
 )  # fmt: skip
@@ -150,6 +151,27 @@ class Authenticator:
             raise PermissionDenied()
         request.state.principal = principal  # read by what answers for it (the widget's CORS)
         return principal
+
+
+# What each documented scheme can resolve to (tokenAuth is the Bearer header: an OAuth token or
+# an API key). The OpenAPI document offers a route only the schemes its Authenticator admits.
+SCHEME_KINDS: dict[str, frozenset[CredentialKind]] = {
+    "OAuth2": frozenset({"oauth"}),
+    "tokenAuth": frozenset({"oauth", "api_key"}),
+    "apiKeyAuth": frozenset({"api_key"}),
+    "embedKeyAuth": frozenset({"embed_key"}),
+    "cookieAuth": frozenset({"session"}),
+}
+
+
+def find_authenticator(dependant: Dependant) -> Authenticator | None:
+    """The Authenticator among a route's dependencies (at any depth), if any."""
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, Authenticator):
+            return dependency.call
+        if (found := find_authenticator(dependency)) is not None:
+            return found
+    return None
 
 
 # The Chatbots v1 endpoints (SPEC §4 table). An embed key may only chat; trigger_bot and the

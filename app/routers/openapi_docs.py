@@ -5,7 +5,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
 
+from app.auth.dependencies import SCHEME_KINDS, find_authenticator
 from app.schemas import (ApiMessage, ErrorResponse, ProviderErrorResponse, RateLimitedResponse,
                          TriggerBotMessageRequest, ValidationErrorResponse)  # fmt: skip
 
@@ -68,6 +70,26 @@ def request_body(schema_name: str) -> dict[str, Any]:
 BODY_SCHEMAS = (ApiMessage, TriggerBotMessageRequest)
 
 
+def _offer_admitted_schemes(app: FastAPI, schema: dict[str, Any]) -> None:
+    """Every route shares the Authenticator's signature, so FastAPI lists all five schemes on
+    each; keep on each operation only those its Authenticator admits (no embedKeyAuth on
+    trigger_bot: an embed key there is a 403)."""
+    for context in iter_route_contexts(app.routes):  # included routers' routes too
+        route = context.original_route
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        authenticator = find_authenticator(route.dependant)
+        if authenticator is None:
+            continue
+        for method in route.methods:
+            operation = schema["paths"].get(context.path_format or route.path_format, {}).get(method.lower())
+            if operation and "security" in operation:
+                operation["security"] = [
+                    requirement for requirement in operation["security"]
+                    if any(SCHEME_KINDS.get(name, frozenset()) & authenticator.allowed_kinds for name in requirement)
+                ]  # fmt: skip
+
+
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -86,6 +108,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas.update(body.pop("$defs", {}))  # what it refers to (the Platform enum)
             schemas[model.__name__] = body
         schemes = components.get("securitySchemes", {})
+        _offer_admitted_schemes(app, schema)
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 operation.get("responses", {}).pop("422", None)
