@@ -1,5 +1,5 @@
 """What authenticating costs a request (issue 8: "resolving an API key or an OAuth token adds
-≤ 1 ms p50").
+≤ 1 ms p50"): an API key, and an OAuth access token (a client-credentials token of the bench team).
 
 The probe is ``GET /api/deliveries/not-a-delivery`` on one service worker: the route
 authenticates (and checks the role) and then answers 404 without touching the database, so a
@@ -14,8 +14,12 @@ every request: the cost of a first request, or of every request without the cach
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import time
+import urllib.parse
+import urllib.request
 from typing import Any
 
 from bench.common import ADMIN_EMAIL, HOST, TEAM, log
@@ -24,7 +28,24 @@ from bench.loadgen import Client, Request, percentile
 
 PROBE = "/api/deliveries/not-a-delivery"
 TARGET_ADDED_P50_MS = 1.0
+# Rate limits off on these two services: the no-credential requests are failed authentications
+# (counted, then refused with 429 past 100 per address), and the figure is resolution alone.
+LIMITS_OFF = {"CHATBOTS_RATE_LIMIT_ENABLED": "false"}
 NO_CACHE = {"CHATBOTS_AUTH_CACHE_SECONDS": "0"}
+
+
+def _machine_token(bench: Bench, port: int) -> str:
+    """A client-credentials access token (``chatbots:interact``) of a new confidential client
+    on the latency-0 chatbot. On the probe it resolves, then the route's role check answers
+    403 (a machine token may not read the team's deliveries): the resolution is all it costs."""
+    client = bench.cli("oauth-client", "create", "--team", TEAM, "--name", f"bench machine {port}",
+                       "--client-credentials", "--chatbot", bench.chatbots[0], "--json")  # fmt: skip
+    form = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": "chatbots:interact"}).encode()
+    request = urllib.request.Request(f"http://{HOST}:{port}/o/token/", data=form, method="POST")
+    secret = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
+    request.add_header("Authorization", f"Basic {secret}")
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (127.0.0.1 only)
+        return json.loads(answer.read())["access_token"]
 
 
 def _admin_key(bench: Bench) -> str:
@@ -51,15 +72,18 @@ async def auth_cost(bench: Bench) -> None:
     rounds, per_round = (3, 200) if bench.args.quick else (6, 500)
     with contextlib.ExitStack() as stack:
         ports = {}
-        for name, env in (("default", {}), ("no-cache", NO_CACHE)):
+        for name, env in (("default", LIMITS_OFF), ("no-cache", LIMITS_OFF | NO_CACHE)):
             proc, port, _ = bench.start_service(f"service-auth-{name}", env)
             stack.callback(bench.stop_proc, proc)
             ports[name] = port
+        token = {"Authorization": f"Bearer {_machine_token(bench, ports['default'])}"}
         variants = [
             ("default", "no credential", {}, 401),
             ("default", "API key (X-api-key), remembered", {"X-api-key": key}, 404),
+            ("default", "OAuth access token (Bearer), remembered", token, 403),
             ("no-cache", "no credential", {}, 401),
             ("no-cache", "API key (X-api-key), looked up every time", {"X-api-key": key}, 404),
+            ("no-cache", "OAuth access token (Bearer), looked up every time", token, 403),
         ]
         clients: list[tuple[Client, Request]] = []
         samples: list[list[float]] = [[] for _ in variants]
@@ -121,7 +145,10 @@ def section(results: dict[str, Any]) -> list[str]:
         f"`GET {PROBE}` authenticates and answers 404 without a database query, so a request with a "
         "credential differs from one without (401) by its resolution alone. Two services side by "
         "side: `default` (lookups remembered for CHATBOTS_AUTH_CACHE_SECONDS) and `no-cache` "
-        "(CHATBOTS_AUTH_CACHE_SECONDS=0: a lookup every request). Sequential requests on one "
+        "(CHATBOTS_AUTH_CACHE_SECONDS=0: a lookup every request), both with rate limits off (the "
+        "no-credential requests would be counted as failed authentications). The OAuth token is a "
+        "client-credentials token (it resolves, then the route's role check answers 403). "
+        "Sequential requests on one "
         f"keep-alive connection per variant, {ac['rounds']} rounds of {ac['per_round']} each in "
         "alternating order after a warm-up of 50; added p50 = p50 − the same service's "
         "no-credential p50.",
