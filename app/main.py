@@ -20,11 +20,14 @@ from app.runtime import open_runtime
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply.
+DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply; ask a chatbot to
+write to a participant on a platform (`trigger_bot`).
 
-Authenticate with an API key (`X-api-key` header, or `Authorization: Bearer <key>`), or log in
-at `/accounts/login` and call from the browser with the `sessionid` cookie (unsafe requests then
-send the `csrftoken` cookie's value in `X-CSRFToken`).
+Five credentials: an OAuth2 access token (`Authorization: Bearer <token>`; **Authorize** below runs
+the authorization-code flow with PKCE), an API key (`X-api-key`, or `Authorization: Bearer <key>`),
+a widget's embed key (`X-Embed-Key`: incoming_message only, from its allowed origins), or a
+logged-in browser's `sessionid` cookie (log in at `/accounts/login`; unsafe requests then send the
+`csrftoken` cookie's value in `X-CSRFToken`).
 Errors are JSON: `{"detail": "..."}`; validation errors are 400 with an `errors` object."""
 
 
