@@ -37,9 +37,10 @@ from app.config import Settings
 from app.crypto import HKDF_INFO, HKDF_SALT, decrypt_config, derive_fernet_key, encrypt, encrypt_config
 from app.db import make_engine, make_sessionmaker
 from app.main import create_app
-from app.models import Channel, LlmProvider
+from app.models import Channel, LlmProvider, Team
 from app.services.admin_channels import create_channel
 from app.services.delivery_worker import DeliveryWorker
+from app.services.secrets_rotation import rotate_secrets
 from tests.factories import Widget, World, add_widget, make_world
 from tests.own_database import own_database
 from tests.test_delivery_worker import FakeTelegram
@@ -319,3 +320,26 @@ async def test_a_value_no_key_opens_is_reported_left_as_it_is_and_fails_the_rota
 
     assert (await stored_configs(deployment))[1] == lost_config  # providers first, by id
     await assert_everything_works(deployment, deployment.settings(KEY_B))
+
+
+async def test_rotation_walks_every_row_across_batches(tmp_path: Path) -> None:
+    """Batches of 2 over 5 providers (the service itself, as the command calls it): every row
+    read once, every value rewritten, a value that is not encrypted left alone."""
+    async with own_database(tmp_path) as url:
+        engine = make_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with make_sessionmaker(engine)() as s:
+                team = Team(slug=f"rotation-{uuid.uuid4().hex[:8]}", name="Rotation")
+                s.add(team)
+                await s.flush()
+                for n in range(5):
+                    s.add(LlmProvider(team_id=team.id, type="openai", name=f"p{n}",
+                                      config={"api_key": encrypt(f"sk-{n}", KEY_A), "api_base": "x"}))  # fmt: skip
+                await s.commit()
+                report = await rotate_secrets(s, (KEY_B, KEY_A), batch_size=2)
+                configs = list(await s.scalars(select(LlmProvider.config).order_by(LlmProvider.id)))
+        finally:
+            await engine.dispose()
+    counts = report.tables["llm_provider"]
+    assert (counts.rows, counts.rotated, counts.current, counts.unreadable) == (5, 5, 0, 0)
+    assert [decrypt_config(c, KEY_B) for c in configs] == [{"api_key": f"sk-{n}", "api_base": "x"} for n in range(5)]
