@@ -3,13 +3,14 @@
 Nothing else in the code reads ``os.environ``; everything configurable is a field here.
 """
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from limits import parse
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chatbots.db"
 # Used only by the embedded default (SQLite file, no SECRET_KEY given). Anywhere else a real key
@@ -20,10 +21,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATBOTS_", env_file=".env", extra="ignore")
+    # Settings hold secrets (keys, passwords in URLs): a rejected value is named, never echoed.
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOTS_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = DEFAULT_DATABASE_URL
     secret_key: str = ""
+    # Older secret keys, still read but never written with (app.crypto): a comma-separated list,
+    # or a JSON list of strings (for a key with a comma in it). See README "Key rotation".
+    secret_key_fallbacks: Annotated[tuple[str, ...], NoDecode] = ()
     # Connections per pool per worker (PostgreSQL: the hot path's driver pool and SQLAlchemy's
     # pool each; SQLite: SQLAlchemy's). Small on purpose: connections are held only for the
     # short transactions of a turn, never across the LLM call, and one worker's event loop
@@ -148,6 +155,19 @@ class Settings(BaseSettings):
         parse(value)  # a typo fails at start-up, not on the first request
         return value
 
+    @field_validator("secret_key_fallbacks", mode="before")
+    @classmethod
+    def _fallback_keys(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            listed = json.loads(text)  # a JSON error is a validation error, at start-up
+            if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
+                raise ValueError("CHATBOTS_SECRET_KEY_FALLBACKS as JSON must be a list of strings")
+            return tuple(k for k in listed if k)
+        return tuple(k.strip() for k in text.split(",") if k.strip())
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -166,6 +186,12 @@ class Settings(BaseSettings):
         raise RuntimeError(
             "CHATBOTS_SECRET_KEY must be set when the database is not the embedded SQLite default."
         )
+
+    @property
+    def encryption_keys(self) -> tuple[str, ...]:
+        """The current key (encrypts and reads) and then the fallbacks (read only), in the order
+        they are tried (``app.crypto``)."""
+        return (self.effective_secret_key, *self.secret_key_fallbacks)
 
 
 @lru_cache
