@@ -47,12 +47,29 @@ class Settings(BaseSettings):
     # request, and what the request holds by then (the credential check's database session),
     # for ever. 30 s lets 1 MiB through at ~35 KB/s.
     body_timeout_seconds: float = 30.0
+    # What one connection may cost `chatbots serve` (app.connection_limits): a request head
+    # (request line and headers) over ``max_header_bytes`` is a 431; a head not complete within
+    # ``header_timeout_seconds`` of its first byte (of the connection, for its first request) a
+    # 408; an idle keep-alive connection is closed after ``keep_alive_seconds`` (keep it longer
+    # than a reverse proxy's upstream idle timeout); past ``max_connections`` open connections
+    # or requests in flight per worker process, 503 with Retry-After.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
 
     # LLM layer (SPEC §5.4): per-attempt timeout, retries of transient errors, and a bound on
     # the total time one completion may take including retries.
     llm_timeout_seconds: float = 60.0
     llm_max_retries: int = 2
     llm_total_timeout_seconds: float = 90.0
+
+    # How long an Idempotency-Key answers its repeats (from its first request), and how often
+    # the delivery worker deletes the expired ones (app.stores.idempotency). Longer than any
+    # retry schedule a client may have; at least the session lease (an in-flight claim must
+    # not expire).
+    idempotency_key_seconds: float = Field(default=24 * 3600, ge=600)
+    idempotency_purge_seconds: float = Field(default=3600, gt=0)
 
     # A conversation turn holds a per-session lease so that messages of one session are
     # processed one at a time even across processes; a crashed process's lease expires.

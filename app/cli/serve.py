@@ -84,6 +84,8 @@ def serve(
 
     import uvicorn
 
+    from app.connection_limits import uvicorn_options
+
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -94,6 +96,7 @@ def serve(
         access_log=False,
         loop="auto",
         **proxy_options(settings),
+        **uvicorn_options(settings),
     )
 
 
