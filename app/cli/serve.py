@@ -93,6 +93,7 @@ def serve(
         log_level="info",
         access_log=False,
         loop="auto",
+        server_header=False,  # no "server: uvicorn" banner telling a scanner what to try
         **proxy_options(settings),
     )
 
