@@ -51,12 +51,11 @@ def _exactly_one(first: str, second: str) -> dict[str, Any]:
 
 class TriggerBotMessageRequest(StrictModel):
     """``POST /api/trigger_bot`` (SPEC §3.3). The rules that need no database or settings are
-    here (``trigger_errors`` adds the rest, per field, as the 400 envelope lists them).
+    here (``trigger_errors`` adds the rest, per field, as the 400 envelope lists them)."""
 
-    The document states every rule that needs no database: what only the database can answer
-    (the chatbot's channel for ``platform``, a WhatsApp number that cannot be normalised,
-    consent) is a 400 of a well-formed request."""
-
+    # The document states every rule that needs no database; what only the database can answer
+    # (the chatbot's channel for ``platform``, a WhatsApp number that cannot be normalised,
+    # consent) is a 400 of a well-formed request.
     model_config = ConfigDict(json_schema_extra=_exactly_one("prompt_text", "message_text"))
 
     identifier: str = Field(

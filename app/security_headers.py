@@ -20,10 +20,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 NO_STORE_PREFIXES = ("/channels/", "/api/")
 HSTS = "max-age=31536000"
 
-# The login and consent pages: no script at all, their one inline <style>, never framed. No
-# form-action: the consent form's answer redirects to the client's own redirect URI, which
-# browsers would check against it.
-PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+# The login and consent pages: no script of theirs, their one inline <style>, never framed.
+# connect-src 'self': calls to this origin from a logged-in tab stay possible (the login browser
+# test chats from the page). No form-action: the consent form's answer redirects to the client's
+# own redirect URI, which browsers would check against it.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def docs_csp(nonce: str) -> str:
