@@ -18,16 +18,16 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.server import free_port, wait_until_healthy  # noqa: E402  (the suite's own helpers)
+
 CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
 HOOKS = Path(__file__).resolve().parent / "conformance_hooks.py"
 BIN = Path(sys.executable).parent
@@ -53,12 +53,6 @@ SERVER_SETTINGS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def chatbots(args: list[str], env: dict[str, str], cwd: Path) -> dict:  # type: ignore[type-arg]
     done = subprocess.run(
         [str(BIN / "chatbots"), *args, "--json"], env=env, cwd=cwd, capture_output=True, text=True, check=False
@@ -66,20 +60,6 @@ def chatbots(args: list[str], env: dict[str, str], cwd: Path) -> dict:  # type: 
     if done.returncode != 0:
         sys.exit(f"chatbots {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return json.loads(done.stdout)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:  # type: ignore[type-arg]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit("chatbots serve exited before it answered /healthz")
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    sys.exit("chatbots serve never answered /healthz")
 
 
 def main() -> int:
@@ -113,7 +93,7 @@ def main() -> int:
     )  # fmt: skip
     started = time.monotonic()
     try:
-        wait_healthy(url, server)
+        wait_until_healthy(port, seconds=60)
         # The config with this run's values written in (dictionary values are not read from
         # the environment).
         config = work / "schemathesis.toml"
