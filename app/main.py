@@ -12,11 +12,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, internal_error_response
+from app.head_requests import HeadAsGetMiddleware
 from app.response_headers import with_pending_headers
-from app.routers import accounts, channels, docs, health, oauth, oauth_consent, trigger
+from app.routers import accounts, channels, docs, health, oauth, oauth_consent, oauth_openapi, trigger
 from app.routers.openapi_docs import install_openapi
 from app.routers.widget_cors import WidgetCorsMiddleware
 from app.runtime import open_runtime
+from app.security_headers import SecurityHeadersMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(WidgetCorsMiddleware)  # inside RequestIdMiddleware: preflights get an id too
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)  # outside: the 500 of last resort gets them too
+    app.add_middleware(HeadAsGetMiddleware)  # outermost: everything inside sees a GET
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(channels.router)
@@ -144,5 +148,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(oauth.router)
     app.include_router(oauth_consent.router)
-    install_openapi(app)
+    install_openapi(app, form_schemas=oauth_openapi.FORM_SCHEMAS)
     return app

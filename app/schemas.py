@@ -14,13 +14,24 @@ from app.models import Platform
 
 NonBlank = Annotated[str, StringConstraints(min_length=1), Field()]
 
+# What the document says of a text field the service checks beyond its type (the OpenAPI
+# document must say what the service does: a fuzzer or a client generator relies on it): at
+# least one character that is not whitespace (Python's ``str.strip`` and the regex ``\S`` agree),
+# and no NUL, which PostgreSQL cannot store. The largest length is a setting
+# (``CHATBOTS_MAX_MESSAGE_CHARS``): ``app.routers.openapi_docs`` adds it to the document.
+NOT_BLANK_NO_NUL = r"^[^\u0000]*[^\u0000\s][^\u0000]*$"
+TEXT_RULES: dict[str, Any] = {"minLength": 1, "pattern": NOT_BLANK_NO_NUL}
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
 class ApiMessage(StrictModel):
-    message: str = Field(description="The user's message to the chatbot. May not be blank.")
+    message: str = Field(
+        description="The user's message to the chatbot. May not be blank or hold a NUL character.",
+        json_schema_extra=TEXT_RULES,
+    )
     session: str | None = Field(
         default=None,
         description="A session id returned earlier (`session_id`). Omit it to continue the "
@@ -28,23 +39,42 @@ class ApiMessage(StrictModel):
     )
 
 
+def _exactly_one(first: str, second: str) -> dict[str, Any]:
+    """JSON Schema for "exactly one of two optional fields is given" where an explicit null
+    counts as not given (as ``trigger_errors`` reads it)."""
+
+    def given(name: str, other: str) -> dict[str, Any]:
+        return {"required": [name], "properties": {name: {"type": "string"}, other: {"type": "null"}}}
+
+    return {"oneOf": [given(first, second), given(second, first)]}
+
+
 class TriggerBotMessageRequest(StrictModel):
     """``POST /api/trigger_bot`` (SPEC §3.3). The rules that need no database or settings are
     here (``trigger_errors`` adds the rest, per field, as the 400 envelope lists them)."""
 
+    # The document states every rule that needs no database; what only the database can answer
+    # (the chatbot's channel for ``platform``, a WhatsApp number that cannot be normalised,
+    # consent) is a 400 of a well-formed request.
+    model_config = ConfigDict(json_schema_extra=_exactly_one("prompt_text", "message_text"))
+
     identifier: str = Field(
         description="The participant's id on the platform: a phone number for WhatsApp, a chat "
         "id for Telegram, an email address for email, ...",
+        json_schema_extra={**TEXT_RULES, "maxLength": 320},
     )
     platform: Platform = Field(description="The channel to write on.")
-    experiment: str = Field(description="The chatbot's id (a UUID).")
+    experiment: str = Field(description="The chatbot's id (a UUID).", json_schema_extra={"format": "uuid"})
     prompt_text: str | None = Field(
         default=None,
         description="An instruction to the bot (\"Remind them of tomorrow's appointment\"): the "
         "bot writes the message. Exactly one of prompt_text and message_text.",
+        json_schema_extra=TEXT_RULES,
     )
     message_text: str | None = Field(
-        default=None, description="The message to send as it is, without the model."
+        default=None,
+        description="The message to send as it is, without the model.",
+        json_schema_extra=TEXT_RULES,
     )
     start_new_session: bool = Field(
         default=False, description="End the participant's current session and start a new one."
@@ -52,6 +82,7 @@ class TriggerBotMessageRequest(StrictModel):
     session_data: dict[str, Any] = Field(
         default_factory=dict,
         description="Merged (shallowly) into the session's state. May not hold `page_context`.",
+        json_schema_extra={"not": {"required": ["page_context"]}},
     )
     page_context: dict[str, Any] | None = Field(
         default=None, description="Replaces the session state's `page_context`."
@@ -142,9 +173,15 @@ class RateLimitedResponse(BaseModel):
     available_in: int = Field(description="Seconds until a request may succeed (as Retry-After).")
 
 
-class ValidationErrorResponse(BaseModel):
-    detail: str = "Invalid request body."
-    errors: dict[str, list[str]]
+class BadRequestResponse(BaseModel):
+    """Every 400 of the API: a field validation error has ``errors`` (``"Invalid request
+    body."``); a JSON parse error, a bad ``Idempotency-Key`` or a request the chatbot cannot
+    serve has ``detail`` alone."""
+
+    detail: str
+    errors: dict[str, list[str]] = Field(
+        default_factory=dict, description="Per field, what is wrong with it (validation errors only)."
+    )
 
 
 class ProviderErrorResponse(BaseModel):

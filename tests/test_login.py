@@ -16,6 +16,7 @@ from app.auth.login import WRONG_CREDENTIALS
 from app.auth.web_sessions import SESSION_COOKIE
 from app.cli.serve import proxy_options
 from app.models import Membership, Role, Team, User
+from app.security_headers import PAGE_CSP
 from tests.browser import (
     LOGIN,
     LOGOUT,
@@ -33,7 +34,7 @@ from tests.browser import (
 )
 from tests.factories import add_user, unique
 
-PAGE_HEADERS = {"content-security-policy": "frame-ancestors 'none'", "cache-control": "no-store"}
+PAGE_HEADERS = {"content-security-policy": PAGE_CSP, "x-frame-options": "DENY", "cache-control": "no-store"}
 TWO_WEEKS = str(14 * 24 * 3600)
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from app.crypto import sha256_hex
 from app.models import OAuthToken
+from app.security_headers import PAGE_CSP
 from tests.oauth_helpers import (
     add_api_channel,
     CALLBACK, Pkce, authorize_url, bearer, browser, code_for, decide, exchange, log_in, redirect_params, register,
@@ -53,7 +54,7 @@ async def test_consent_page_names_client_scopes_and_team_and_is_never_framed(app
         await log_in(app, http, world)
         r = await http.get(authorize_url(oauth_client, Pkce()))
     assert r.status_code == 200
-    assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert r.headers["content-security-policy"] == PAGE_CSP
     assert r.headers["cache-control"] == "no-store"
     html = r.text
     assert "Test app" in html and "chatbots:interact" in html

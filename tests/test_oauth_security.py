@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from app.crypto import sha256_hex
 from app.db import utcnow
 from app.models import OAuthAuthorizationCode
+from app.security_headers import PAGE_CSP
 from tests.assertions import assert_error
 from tests.oauth_helpers import (
     CALLBACK, Pkce, authorize_url, bearer, browser, code_for, decide, exchange, get_code, log_in,
@@ -116,7 +117,7 @@ async def test_a_redirect_uri_that_is_not_registered_exactly_gets_a_page_not_a_r
     for r in (page, post):
         assert r.status_code == 400 and "location" not in r.headers
         assert r.headers["content-type"].startswith("text/html")
-        assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert r.headers["content-security-policy"] == PAGE_CSP
 
 
 async def test_an_unknown_client_gets_a_page_not_a_redirect(app, db, world):

@@ -95,6 +95,7 @@ def serve(
         log_level="info",
         access_log=False,
         loop="auto",
+        server_header=False,  # no "server: uvicorn" banner telling a scanner what to try
         **proxy_options(settings),
         **uvicorn_options(settings),
     )

@@ -11,7 +11,7 @@ from app.config import Settings
 from app.errors import NotFound
 from app.routers.body import json_body, nul_characters
 from app.routers.deps import LlmDep, SessionmakerDep, SettingsDep, StoreDep
-from app.routers.openapi_docs import error_responses, request_body
+from app.routers.openapi_docs import error_responses, idempotency_key_schema, request_body
 from app.schemas import ApiMessage, ApiResponseMessage
 from app.services.idempotency import request_fingerprint, run_idempotent
 from app.services.turn import TurnRequest, run_turn
@@ -46,6 +46,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        json_schema_extra=idempotency_key_schema,
         description="Repeat a request with the same key to get the first response again "
         "without a second turn (409 while the first is still in flight).",
     ),

@@ -20,10 +20,10 @@ from app.auth.rate_limit_http import client_ip, rate_limiter, report
 from app.auth.resolvers import oauth as oauth_credential
 from app.routers.body import read_body
 from app.routers.deps import SessionmakerDep, SettingsDep
+from app.routers.oauth_openapi import (FORM_TYPE, INTROSPECT_OPERATION, METADATA_OPERATION, REVOKE_OPERATION,
+                                       TOKEN_OPERATION)  # fmt: skip
 
-router = APIRouter(include_in_schema=False)
-
-FORM_TYPE = "application/x-www-form-urlencoded"
+router = APIRouter()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -69,31 +69,31 @@ async def _exchange(
     return oauth_response(answer)
 
 
-@router.post(TOKEN_PATH)
-@router.post(TOKEN_PATH.rstrip("/"))
+@router.post(TOKEN_PATH, **TOKEN_OPERATION)
+@router.post(TOKEN_PATH.rstrip("/"), include_in_schema=False)
 async def token(request: Request, sessions: SessionmakerDep, settings: SettingsDep) -> Response:
     # Counted per client address before anything is read (SPEC §4.7): 429 over the limit.
     report(request, await rate_limiter(request).hit_token_endpoint(client_ip(request)))
     return await _exchange(request, sessions, settings, lambda server, r: server.create_token_response(r))
 
 
-@router.post(REVOKE_PATH)
-@router.post(REVOKE_PATH.rstrip("/"))
+@router.post(REVOKE_PATH, **REVOKE_OPERATION)
+@router.post(REVOKE_PATH.rstrip("/"), include_in_schema=False)
 async def revoke_token(request: Request, sessions: SessionmakerDep, settings: SettingsDep) -> Response:
     return await _exchange(
         request, sessions, settings, lambda server, r: server.create_endpoint_response("revocation", r)
     )
 
 
-@router.post(INTROSPECT_PATH)
-@router.post(INTROSPECT_PATH.rstrip("/"))
+@router.post(INTROSPECT_PATH, **INTROSPECT_OPERATION)
+@router.post(INTROSPECT_PATH.rstrip("/"), include_in_schema=False)
 async def introspect(request: Request, sessions: SessionmakerDep, settings: SettingsDep) -> Response:
     return await _exchange(
         request, sessions, settings, lambda server, r: server.create_endpoint_response("introspection", r)
     )
 
 
-@router.get("/.well-known/oauth-authorization-server")
+@router.get("/.well-known/oauth-authorization-server", **METADATA_OPERATION)
 async def metadata(request: Request) -> JSONResponse:
     issuer = str(request.base_url).rstrip("/")
     return JSONResponse(server_metadata(issuer), headers={"Cache-Control": "public, max-age=3600"})

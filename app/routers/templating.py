@@ -5,10 +5,12 @@ from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
 
+from app.security_headers import FRAME_DENIAL, PAGE_CSP
+
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 
 PAGE_HEADERS = {
-    "Content-Security-Policy": "frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": PAGE_CSP,
+    **FRAME_DENIAL,
     "Cache-Control": "no-store",
 }

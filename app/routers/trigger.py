@@ -11,12 +11,21 @@ from app.config import Settings
 from app.errors import PermissionDenied
 from app.routers.body import json_body, nul_characters
 from app.routers.deps import SessionmakerDep, SettingsDep, StoreDep
-from app.routers.openapi_docs import error_responses, request_body
+from app.routers.openapi_docs import error_responses, idempotency_key_schema, request_body
 from app.schemas import DeliveryStatusResponse, TriggerBotMessageRequest, TriggerBotResponse, trigger_errors
 from app.services.deliveries import delivery_status
 from app.services.trigger import TRIGGER_ROLES, authorize_trigger, trigger_bot
 
 router = APIRouter(tags=["Channels"])
+# An OpenAPI link: where the answer's delivery_id leads (client generators and schemathesis'
+# stateful phase follow it).
+DELIVERY_LINK = {
+    "DeliveryStatus": {
+        "operationId": "delivery_status",
+        "parameters": {"delivery_id": "$response.body#/delivery_id"},
+        "description": "Follow the triggered message.",
+    }
+}
 
 
 def _check_trigger(body: TriggerBotMessageRequest, settings: Settings) -> dict[str, list[str]]:
@@ -35,6 +44,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        json_schema_extra=idempotency_key_schema,
         description="Repeat a trigger with the same key to get the first answer again: nothing "
         "is written or sent a second time (400 if the key comes with another body).",
     ),
@@ -47,7 +57,10 @@ TriggerBody = Annotated[TriggerBotMessageRequest, Depends(json_body(TriggerBotMe
     summary="Trigger the bot to send a message to the user",
     operation_id="trigger_bot_message",
     response_model=TriggerBotResponse,
-    responses=error_responses(400, 401, 403, 404, 405, 408, 413, 415, 429, 503),
+    responses={
+        200: {"description": "Written and queued.", "links": DELIVERY_LINK},
+        **error_responses(400, 401, 403, 404, 405, 408, 413, 415, 429, 503),
+    },
     openapi_extra=request_body("TriggerBotMessageRequest"),
 )
 @router.post("/api/trigger_bot/", include_in_schema=False)
@@ -73,7 +86,7 @@ async def trigger_bot_message(
     summary="The status of a bot-initiated message",
     operation_id="delivery_status",
     response_model=DeliveryStatusResponse,
-    responses=error_responses(401, 403, 404, 429),
+    responses=error_responses(401, 403, 404, 405, 429, 503),
 )
 @router.get("/api/deliveries/{delivery_id}/", include_in_schema=False)
 async def get_delivery(
