@@ -6,10 +6,14 @@ No Docker engine runs here, so no image is built and no container started. What 
 outside Docker in tests/test_deployment_processes.py; hadolint lints the Dockerfile in .ci/run
 (once per CI run, not once per suite)."""
 
+import json
 import re
 import shlex
+import shutil
 import subprocess
 from ipaddress import ip_address, ip_network
+
+import pytest
 
 from tests.deployment_files import (
     ROOT,
@@ -23,6 +27,7 @@ from tests.deployment_files import (
     runtime_stage,
 )
 
+CADDYFILE = ROOT / "docker" / "Caddyfile"
 # What the services built from the image must not carry: a fixed name or a host port would stop
 # `docker compose up --scale api=3 --scale worker=2` (two replicas cannot share either).
 SCALABLE = ("api", "worker")
@@ -182,7 +187,7 @@ def test_api_believes_forwarded_headers_from_the_load_balancer_alone():
     subnet = spec["networks"]["backend"]["ipam"]["config"][0]["subnet"]
     assert ip_address(lb_address) in ip_network(subnet)
     # Caddy proxies to every address the `api` service name resolves to, on the image's port.
-    caddyfile = (ROOT / "docker" / "Caddyfile").read_text()
+    caddyfile = CADDYFILE.read_text()
     assert re.search(r"^\s*dynamic a api 8000 \{", caddyfile, re.M)
     assert spec["services"]["lb"]["volumes"] == ["./docker/Caddyfile:/etc/caddy/Caddyfile:ro"]
 
@@ -197,3 +202,24 @@ def test_compose_secrets_come_from_an_uncommitted_env_file():
     tracked = subprocess.run(["git", "ls-files", ".env"], cwd=ROOT, capture_output=True, text=True)
     assert tracked.returncode == 0 and tracked.stdout == ""
     assert compose()["services"]["api"]["env_file"] == ".env"
+
+
+@pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed (apt-get install caddy)")
+def test_caddy_reads_the_load_balancer_config_as_meant():
+    """Caddy's own parser (Debian's caddy; .ci/run installs it): the replicas looked up in DNS
+    under the service name every 5 s, least requests in flight, no admin API."""
+    adapted = subprocess.run(
+        ["caddy", "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert adapted.returncode == 0, adapted.stderr
+    config = json.loads(adapted.stdout)
+    assert config["admin"] == {"disabled": True}
+    server = config["apps"]["http"]["servers"]["srv0"]
+    assert server["listen"] == [":80"]
+    (proxy,) = server["routes"][0]["handle"]
+    every_5_s = 5_000_000_000  # nanoseconds
+    assert proxy["dynamic_upstreams"] == {"source": "a", "name": "api", "port": "8000", "refresh": every_5_s}
+    assert proxy["load_balancing"]["selection_policy"] == {"policy": "least_conn"}
+    assert proxy["load_balancing"]["try_duration"] == 10_000_000_000
+    assert proxy["health_checks"]["passive"]["fail_duration"] == 30_000_000_000
