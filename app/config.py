@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # forwarded_allow_ips: comma-separated addresses or networks, "*" for any, "" for none).
     # The scheme decides the cookies' Secure flag, so only a proxy you run may set it.
     forwarded_allow_ips: str = "127.0.0.1"
+    # Worker processes of `chatbots serve` when ``--workers`` is not given: the container image
+    # starts ``serve`` without it, so a deployment sizes the API with this setting alone.
+    serve_workers: int = Field(default=1, ge=1)
 
     # OAuth2 authorization server (SPEC §4.4). Access tokens are short-lived bearer tokens;
     # refresh tokens rotate on every use, so their lifetime bounds an idle grant, not an active

@@ -17,12 +17,14 @@ from app.migrate import upgrade_database
 
 
 @contextlib.asynccontextmanager
-async def own_database(tmp_path: Path) -> AsyncIterator[str]:
-    """Yields the URL of a new, migrated database of the kind the suite runs on."""
+async def own_database(tmp_path: Path, *, migrated: bool = True) -> AsyncIterator[str]:
+    """Yields the URL of a new database of the kind the suite runs on, migrated unless a test
+    migrates it itself (``migrated=False``: empty)."""
     base = os.environ.get("CHATBOTS_TEST_DATABASE_URL")
     if not base:
         url = f"sqlite+aiosqlite:///{tmp_path}/own-{uuid.uuid4().hex[:8]}.db"
-        await _migrate(url)
+        if migrated:
+            await _migrate(url)
         yield url
         return
     parsed = make_url(base)
@@ -32,7 +34,8 @@ async def own_database(tmp_path: Path) -> AsyncIterator[str]:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = parsed.set(database=name).render_as_string(hide_password=False)
-        await _migrate(url)
+        if migrated:
+            await _migrate(url)
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -799,6 +799,15 @@ def test_serve_elsewhere_prints_no_demo(env: str, fake_uvicorn: _FakeUvicorn) ->
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("127.0.0.1", 8124, 1)
 
 
+def test_serve_takes_its_worker_count_from_the_setting_unless_given(
+    env: str, monkeypatch: pytest.MonkeyPatch, fake_uvicorn: _FakeUvicorn
+) -> None:
+    monkeypatch.setenv("CHATBOTS_SERVE_WORKERS", "3")  # as the Docker image is sized
+    ok("serve")
+    ok("serve", "--workers", "2")
+    assert [kwargs["workers"] for _, kwargs in fake_uvicorn.calls] == [3, 2]
+
+
 # --- deliveries ------------------------------------------------------------------------------
 
 

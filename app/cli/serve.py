@@ -56,12 +56,15 @@ def _print_demo(info: Any, base_url: str, title: str) -> None:
 def serve(
     host: Annotated[str, Opt(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, Opt(min=1, max=65535, help="Port to listen on.")] = 8000,
-    workers: Annotated[int, Opt(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None, Opt(min=1, help="Worker processes [default: CHATBOTS_SERVE_WORKERS, else 1].")
+    ] = None,
 ) -> None:
     """Run the API server. The embedded default (SQLite) migrates itself and creates a demo."""
     from app.config import DEFAULT_DATABASE_URL
 
     settings = load_settings()
+    workers = workers or settings.serve_workers
     embedded = settings.database_url == DEFAULT_DATABASE_URL
     if embedded or settings.should_auto_migrate:
 
@@ -82,23 +85,32 @@ def serve(
             err=True,
         )
 
+    import signal
+
     import uvicorn
 
     from app.connection_limits import uvicorn_options
 
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        access_log=False,
-        loop="auto",
-        server_header=False,  # no "server: uvicorn" banner telling a scanner what to try
-        **proxy_options(settings),
-        **uvicorn_options(settings),
-    )
+    # Once shut down gracefully after a SIGTERM, uvicorn raises it again for the handler that was
+    # there before its own; the default one would end the process with status 143. A stop asked
+    # for and done is a success: this handler lets `serve` return and exit 0, as `worker` does.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+            loop="auto",
+            server_header=False,  # no "server: uvicorn" banner telling a scanner what to try
+            **proxy_options(settings),
+            **uvicorn_options(settings),
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def proxy_options(settings: "Settings") -> dict[str, Any]:
