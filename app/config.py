@@ -3,13 +3,14 @@
 Nothing else in the code reads ``os.environ``; everything configurable is a field here.
 """
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from limits import parse
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chatbots.db"
 # Used only by the embedded default (SQLite file, no SECRET_KEY given). Anywhere else a real key
@@ -20,10 +21,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATBOTS_", env_file=".env", extra="ignore")
+    # Settings hold secrets (keys, passwords in URLs): a rejected value is named, never echoed.
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOTS_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = DEFAULT_DATABASE_URL
     secret_key: str = ""
+    # Older secret keys, still read but never written with (app.crypto): a comma-separated list,
+    # or a JSON list of strings (for a key with a comma in it). See README "Key rotation".
+    secret_key_fallbacks: Annotated[tuple[str, ...], NoDecode] = ()
     # Connections per pool per worker (PostgreSQL: the hot path's driver pool and SQLAlchemy's
     # pool each; SQLite: SQLAlchemy's). Small on purpose: connections are held only for the
     # short transactions of a turn, never across the LLM call, and one worker's event loop
@@ -40,12 +47,29 @@ class Settings(BaseSettings):
     # request, and what the request holds by then (the credential check's database session),
     # for ever. 30 s lets 1 MiB through at ~35 KB/s.
     body_timeout_seconds: float = 30.0
+    # What one connection may cost `chatbots serve` (app.connection_limits): a request head
+    # (request line and headers) over ``max_header_bytes`` is a 431; a head not complete within
+    # ``header_timeout_seconds`` of its first byte (of the connection, for its first request) a
+    # 408; an idle keep-alive connection is closed after ``keep_alive_seconds`` (keep it longer
+    # than a reverse proxy's upstream idle timeout); past ``max_connections`` open connections
+    # or requests in flight per worker process, 503 with Retry-After.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
 
     # LLM layer (SPEC §5.4): per-attempt timeout, retries of transient errors, and a bound on
     # the total time one completion may take including retries.
     llm_timeout_seconds: float = 60.0
     llm_max_retries: int = 2
     llm_total_timeout_seconds: float = 90.0
+
+    # How long an Idempotency-Key answers its repeats (from its first request), and how often
+    # the delivery worker deletes the expired ones (app.stores.idempotency). Longer than any
+    # retry schedule a client may have; at least the session lease (an in-flight claim must
+    # not expire).
+    idempotency_key_seconds: float = Field(default=24 * 3600, ge=600)
+    idempotency_purge_seconds: float = Field(default=3600, gt=0)
 
     # A conversation turn holds a per-session lease so that messages of one session are
     # processed one at a time even across processes; a crashed process's lease expires.
@@ -163,6 +187,19 @@ class Settings(BaseSettings):
         parse(value)  # a typo fails at start-up, not on the first request
         return value
 
+    @field_validator("secret_key_fallbacks", mode="before")
+    @classmethod
+    def _fallback_keys(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            listed = json.loads(text)  # a JSON error is a validation error, at start-up
+            if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
+                raise ValueError("CHATBOTS_SECRET_KEY_FALLBACKS as JSON must be a list of strings")
+            return tuple(k for k in listed if k)
+        return tuple(k.strip() for k in text.split(",") if k.strip())
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -181,6 +218,12 @@ class Settings(BaseSettings):
         raise RuntimeError(
             "CHATBOTS_SECRET_KEY must be set when the database is not the embedded SQLite default."
         )
+
+    @property
+    def encryption_keys(self) -> tuple[str, ...]:
+        """The current key (encrypts and reads) and then the fallbacks (read only), in the order
+        they are tried (``app.crypto``)."""
+        return (self.effective_secret_key, *self.secret_key_fallbacks)
 
 
 @lru_cache

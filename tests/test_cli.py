@@ -46,6 +46,7 @@ COMMANDS = [
     ["channel", "create"], ["channel", "disable"], ["channel", "enable"], ["channel", "list"],
     ["channel", "rotate-embed-key"],
     ["worker"], ["delivery", "list"], ["delivery", "show"], ["delivery", "retry"],
+    ["secrets", "rotate"],
 ]  # fmt: skip
 
 

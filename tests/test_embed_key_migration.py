@@ -49,6 +49,21 @@ async def test_migration_0006_hashes_the_embed_keys_of_existing_widgets(settings
         assert hashes[channel_id] == (embed_key_hash(token) if token else None)
 
 
+async def test_migration_0006_reads_tokens_with_the_fallback_keys(settings, tmp_path):
+    """An upgrade made in the middle of a key change (README "Key rotation"): the tokens are still
+    under the old key, now a fallback."""
+    changed = settings.model_copy(update={"secret_key": "the-new-key",
+                                          "secret_key_fallbacks": (settings.secret_key,)})  # fmt: skip
+    async with fresh_database(settings, tmp_path) as engine:
+        await alembic(engine, "upgrade", "0005")
+        widgets = await widgets_before_0006(engine, settings.secret_key)
+        await alembic(engine, "upgrade", "head", changed)
+        async with engine.connect() as conn:
+            stored = (await conn.execute(select(CHANNEL.c.embed_key_hash).where(
+                CHANNEL.c.id == widgets["live"][0]))).scalar_one()  # fmt: skip
+    assert stored == embed_key_hash(widgets["live"][1])
+
+
 async def test_migration_0006_stops_when_a_widgets_token_cannot_be_read(settings, tmp_path):
     wrong_key = settings.model_copy(update={"secret_key": "not-the-key-it-was-encrypted-with"})
     async with fresh_database(settings, tmp_path) as engine:

@@ -10,7 +10,7 @@ import re
 import secrets
 import sqlalchemy as sa
 
-from app.crypto import decrypt, sha256_hex
+from app.crypto import Keys, decrypt, sha256_hex
 from app.errors import DomainError
 from app.models.base import JSONType
 
@@ -51,13 +51,14 @@ class UnreadableWidgetToken(DomainError):
     status_code = 500
 
 
-def fill_embed_key_hashes(connection: sa.Connection, secret_key: str | None) -> int:
+def fill_embed_key_hashes(connection: sa.Connection, keys: Keys | None) -> int:
     """Hash the token of every live widget channel that has none yet (channels made before the
     hash column). Returns how many were filled.
 
-    A token that cannot be decrypted (no or another ``CHATBOTS_SECRET_KEY``) stops everything
-    with an error that says so: a widget left without its hash would silently refuse every
-    visitor. Deleted channels and widgets without a token are skipped (they have no key).
+    ``keys``: the current secret key and its fallbacks (``Settings.encryption_keys``). A token
+    that cannot be decrypted (no key, or none that opens it) stops everything with an error that
+    says so: a widget left without its hash would silently refuse every visitor. Deleted
+    channels and widgets without a token are skipped (they have no key).
     """
     rows = connection.execute(
         sa.select(_channel.c.id, _channel.c.config).where(
@@ -71,13 +72,13 @@ def fill_embed_key_hashes(connection: sa.Connection, secret_key: str | None) -> 
         stored = config.get(WIDGET_TOKEN) if isinstance(config, dict) else None
         if not isinstance(stored, str) or not stored:
             continue
-        if secret_key is None:
+        if keys is None:
             raise UnreadableWidgetToken(
                 f"Channel {channel_id} is an embedded widget whose token must be hashed: set "
                 "CHATBOTS_SECRET_KEY (the key its config was encrypted with) and migrate again."
             )
         try:
-            token = decrypt(stored, secret_key)
+            token = decrypt(stored, keys)
         except ValueError as exc:
             raise UnreadableWidgetToken(f"Channel {channel_id}: {exc}") from None
         updates.append({"channel_id": channel_id, "hash": embed_key_hash(token)})

@@ -8,12 +8,13 @@ Start-up stays fast: the database layer, the services and uvicorn are imported i
 commands, never at module import (litellm is never imported here).
 
 The commands live in ``serve`` (serve, db, demo), ``identity`` (team, user, apikey), ``bots``
-(provider, chatbot, channel) and ``delivery`` (worker, delivery), ``oauth_clients`` (oauth-client); ``_common`` holds what they share. The tree is assembled here.
+(provider, chatbot, channel), ``delivery`` (worker, delivery), ``oauth_clients`` (oauth-client) and
+``secret_keys`` (secrets); ``_common`` holds what they share. The tree is assembled here.
 """
 
 import typer
 
-from app.cli import bots, delivery, identity, oauth_clients, serve
+from app.cli import bots, delivery, identity, oauth_clients, secret_keys, serve
 
 app = typer.Typer(
     name="chatbots",
@@ -35,6 +36,7 @@ app.add_typer(bots.chatbot_app, name="chatbot")
 app.add_typer(bots.channel_app, name="channel")
 app.add_typer(delivery.delivery_app, name="delivery")
 app.add_typer(oauth_clients.oauth_client_app, name="oauth-client")
+app.add_typer(secret_keys.secrets_app, name="secrets")
 
 
 def main() -> None:

@@ -268,7 +268,7 @@ def channel_create(
         channel = await create_channel(session, settings, chatbot, platform, name, pairs)
         # Secrets made here (not given): shown once, now.
         made = {k: v for k, v in channel.config.items() if k in GENERATED_SECRETS and k not in pairs}
-        return channel, decrypt_config(made, settings.effective_secret_key)
+        return channel, decrypt_config(made, settings.encryption_keys)
 
     channel, generated = run(work)
     data = {

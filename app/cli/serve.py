@@ -90,6 +90,8 @@ def serve(
 
     import uvicorn
 
+    from app.connection_limits import uvicorn_options
+
     # uvicorn stops on SIGTERM by draining (no new connections, requests in flight finish within
     # CHATBOTS_SHUTDOWN_TIMEOUT_SECONDS, then the lifespan's shutdown), then raises the signal
     # again with the handler it found: this one, so a shutdown asked for ends with exit code 0,
@@ -107,6 +109,7 @@ def serve(
         loop="auto",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         **proxy_options(settings),
+        **uvicorn_options(settings),
     )
 
 

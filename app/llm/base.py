@@ -4,6 +4,7 @@ Providers raise :class:`LlmProviderError` for permanent failures and :class:`Tra
 (internal: never escapes :class:`app.llm.client.LlmClient`) for failures worth retrying.
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,20 +49,23 @@ class Completion:
 
 
 class LlmError(Exception):
-    """Base of the layer's errors. ``reason`` is a short human string without secrets."""
+    """Base of the layer's errors. ``reason`` is a short human string without secrets or
+    addresses: it reaches API clients. ``internal`` is what only the log may see (the
+    provider's host and port, the network error as the library put it)."""
 
     status_code: int | None = None
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, internal: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.internal = internal
 
 
 class LlmProviderError(LlmError):
     """The provider failed: a permanent error, a bad response, or transient errors exhausted."""
 
-    def __init__(self, reason: str, status_code: int | None = None) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, status_code: int | None = None, internal: str | None = None) -> None:
+        super().__init__(reason, internal)
         self.status_code = status_code
 
 
@@ -79,9 +83,11 @@ class TransientError(Exception):
         status_code: int | None = None,
         retry_after: float | None = None,
         timed_out: bool = False,
+        internal: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.internal = internal
         self.status_code = status_code
         self.retry_after = retry_after
         self.timed_out = timed_out
@@ -91,14 +97,37 @@ def is_transient_status(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
+# What a provider's or a library's message may say about where it is: URLs, IPv4 addresses,
+# bracketed IPv6 addresses and host:port pairs. Clients get "<address>"; the log gets the rest.
+_ADDRESS = re.compile(
+    r"\b[a-z][a-z0-9+.-]*://\S+"  # a URL
+    r"|\[[0-9a-f:.]+\](?::\d+)?"  # [::1]:8000
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"  # 10.0.0.5:8000
+    r"|\b[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{2,5}\b",  # llm.internal:8000
+    re.IGNORECASE,
+)
+
+
+def without_addresses(text: str) -> str:
+    return _ADDRESS.sub("<address>", text)
+
+
 def clean_reason(text: str, api_key: str | None) -> str:
-    """One line, bounded, and never containing the API key (providers sometimes echo it)."""
+    """One line, bounded, without addresses, and never containing the API key (providers
+    sometimes echo it)."""
     text = " ".join(str(text).split())
     if api_key:
         text = text.replace(api_key, "***")
+    text = without_addresses(text)
     if len(text) > MAX_REASON_CHARS:
         text = text[: MAX_REASON_CHARS - 1] + "…"
     return text
+
+
+def internal_detail(exc: BaseException, api_key: str | None) -> str:
+    """An exception as the log may show it: addresses kept, the API key not."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text.replace(api_key, "***") if api_key else text
 
 
 def http_reason(status: int, message: str | None, api_key: str | None) -> str:

@@ -133,7 +133,7 @@ class LlmClient:
 def _final_error(last: TransientError | None, start: float) -> Exception:
     if last is None or last.timed_out:
         return LlmTimeoutError(f"timed out after {time.monotonic() - start:.1f}s")
-    return LlmProviderError(last.reason, status_code=last.status_code)
+    return LlmProviderError(last.reason, status_code=last.status_code, internal=last.internal)
 
 
 def _ms_since(start: float) -> float:

@@ -16,6 +16,7 @@ from .base import (
     TransientError,
     clean_reason,
     http_reason,
+    internal_detail,
     is_transient_status,
     parse_retry_after,
 )
@@ -127,17 +128,23 @@ async def complete_once(
 
 def classify(exc: Exception, litellm: Any, api_key: str | None) -> Exception:
     """litellm's exception -> TransientError (408/429/5xx/timeouts) or LlmProviderError."""
-    message = clean_reason(_message(exc), api_key)
+    message = clean_reason(_message(exc), api_key)  # addresses removed: it reaches clients
+    internal = internal_detail(exc, api_key)
     if isinstance(exc, litellm.Timeout | TimeoutError):
-        return TransientError(f"timed out ({message})" if message else "timed out", timed_out=True)
+        reason = f"timed out ({message})" if message else "timed out"
+        return TransientError(reason, timed_out=True, internal=internal)
+    if isinstance(exc, litellm.APIConnectionError):  # its status_code is a made-up 500
+        how = "connection refused" if "refused" in internal.lower() else "connection failed"
+        return TransientError(f"could not reach provider: {how}", internal=internal)
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int):
         name = type(exc).__name__
-        return LlmProviderError(clean_reason(f"{name}: {message}" if message else name, api_key))
+        reason = clean_reason(f"{name}: {message}" if message else name, api_key)
+        return LlmProviderError(reason, internal=internal)
     reason = http_reason(status, message, api_key)
     if is_transient_status(status):
-        return TransientError(reason, status_code=status, retry_after=_retry_after(exc))
-    return LlmProviderError(reason, status_code=status)
+        return TransientError(reason, status_code=status, retry_after=_retry_after(exc), internal=internal)
+    return LlmProviderError(reason, status_code=status, internal=internal)
 
 
 def _message(exc: Exception) -> str:

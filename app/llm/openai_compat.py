@@ -4,6 +4,7 @@ One attempt only; :class:`app.llm.client.LlmClient` owns timeouts and retries. P
 raise :class:`LlmProviderError`, retryable ones :class:`TransientError`.
 """
 
+import errno
 import re
 from typing import Any
 
@@ -16,8 +17,8 @@ from .base import (
     LlmProviderError,
     TransientError,
     Usage,
-    clean_reason,
     http_reason,
+    internal_detail,
     is_transient_status,
     parse_retry_after,
 )
@@ -98,11 +99,11 @@ async def complete_once(
     except aiohttp.InvalidURL:
         raise LlmProviderError("invalid api_base") from None
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        detail = clean_reason(str(exc), config.api_key) or type(exc).__name__
-        raise TransientError(f"could not reach provider: {detail}") from None
+        internal = internal_detail(exc, config.api_key)
+        raise TransientError(f"could not reach provider: {network_failure(exc)}", internal=internal) from None
     except aiohttp.ClientError as exc:
-        detail = clean_reason(str(exc), config.api_key) or type(exc).__name__
-        raise LlmProviderError(f"invalid request to provider: {detail}") from None
+        internal = internal_detail(exc, config.api_key)
+        raise LlmProviderError(f"invalid request to provider: {type(exc).__name__}", internal=internal) from None
 
     if status != 200:
         reason = http_reason(status, error_message(content), config.api_key)
@@ -112,6 +113,22 @@ async def complete_once(
             )
         raise LlmProviderError(reason, status_code=status)
     return parse_completion(content, config.model)
+
+
+def network_failure(exc: aiohttp.ClientError) -> str:
+    """How the connection failed, in words a client may read: never the host or the port
+    (aiohttp's messages name both; they go to the log)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name did not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if exc.os_error.errno == errno.ECONNREFUSED or isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        return "connection failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the provider closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the response was cut off"
+    return "connection failed"
 
 
 def error_message(content: bytes) -> str | None:

@@ -89,6 +89,7 @@ async def _incoming(
                 f"{experiment_id}/{version}", body.model_dump(mode="json")
             ),
             stale_after=settings.session_lease_seconds,
+            key_seconds=settings.idempotency_key_seconds,
             operation=turn,
         )
 

@@ -10,7 +10,7 @@ from app.auth.rate_limit_http import count_team_request
 from app.config import Settings
 from app.errors import PermissionDenied
 from app.routers.body import json_body, nul_characters
-from app.routers.deps import SessionmakerDep, StoreDep
+from app.routers.deps import SessionmakerDep, SettingsDep, StoreDep
 from app.routers.openapi_docs import error_responses, request_body
 from app.schemas import DeliveryStatusResponse, TriggerBotMessageRequest, TriggerBotResponse, trigger_errors
 from app.services.deliveries import delivery_status
@@ -56,13 +56,14 @@ async def trigger_bot_message(
     principal: Annotated[Principal, Depends(trigger_principal)],
     body: TriggerBody,
     store: StoreDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Ask the chatbot to write to a participant on a platform. The message is written (from
     `prompt_text`, an instruction to the bot; or `message_text`, sent as it is) and delivered in
     the background, with retries; follow it at `GET /api/deliveries/{delivery_id}`. A repeat
     with the same `Idempotency-Key` answers as the first and sends nothing."""
-    result = await trigger_bot(store, principal, body, idempotency_key)
+    result = await trigger_bot(store, principal, body, idempotency_key, settings.idempotency_key_seconds)
     request.app.state.runtime.deliveries_added()  # this process's worker, at once
     return result.body()
 

@@ -133,7 +133,7 @@ async def process(deps: Deps, delivery: DueDelivery) -> str:
             last_inbound_at=context["last_inbound_at"],
             participant_metadata=context["system_metadata"] or {},
         )
-        config = decrypt_config(context["channel_config"] or {}, deps.settings.effective_secret_key)
+        config = decrypt_config(context["channel_config"] or {}, deps.settings.encryption_keys)
         sender = deps.senders.get(delivery.platform)
         if sender is None:
             raise SendFailed(f"No sender for the {delivery.platform} platform.", permanent=True)
@@ -219,7 +219,7 @@ async def _write(deps: Deps, delivery: DueDelivery, context: Any) -> tuple[str, 
         rows = await db.all(st.RECENT_HISTORY, {"session_id": delivery.session_id,
                                                 "history_limit": bot_message.HISTORY_MESSAGES})  # fmt: skip
     history = st.stored_messages([tuple(row.values()) for row in rows])
-    config = llm_config_for(bot, target.provider, deps.settings.effective_secret_key, session_id)
+    config = llm_config_for(bot, target.provider, deps.settings.encryption_keys, session_id)
     messages = bot_message.message_request(
         bot, delivery.prompt_text or "", history, context["participant_data"] or {}, context["state"] or {}
     )

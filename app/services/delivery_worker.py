@@ -10,6 +10,8 @@ on PostgreSQL a trigger in any process wakes every worker at once (``NOTIFY`` at
 Each send's outcome is written when it returns, before its slot takes another delivery. A
 claim is renewed while its work lasts (a slow model or provider), so only a dead worker's
 claims expire and are taken again.
+It also deletes expired ``Idempotency-Key`` records every ``CHATBOTS_IDEMPOTENCY_PURGE_SECONDS``
+(``app.stores.idempotency``): every deployment runs a worker, so nobody needs a cron job.
 ``stop()`` (SIGTERM) stops claiming, lets the sends in flight finish and record their outcome,
 and gives back any claim whose send never started; ``stop_and_drain`` (the API's shutdown)
 bounds that wait, then cuts the sends off and gives their claims back.
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -31,6 +34,7 @@ from app.db import driver_dsn, utcnow
 from app.observability.metrics import count_delivery_attempt
 from app.runtime import Runtime
 from app.services.delivery import Deps, process
+from app.stores.idempotency import purge_expired_keys
 from app.stores.listen import Listener
 from app.stores.trigger import DELIVERY_DUE_CHANNEL
 
@@ -44,6 +48,7 @@ class DeliveryWorker:
         self.senders = senders if senders is not None else default_senders()
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._next_purge = 0.0  # monotonic: the first pass purges
 
     def stop(self) -> None:
         self._stopping.set()
@@ -74,6 +79,7 @@ class DeliveryWorker:
                     if free > 0:
                         for delivery in await self._claim(free):
                             self._start(deps, delivery)
+                    await self.purge_expired_keys_if_due()
                     await listening()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), settings.delivery_poll_seconds)
@@ -95,6 +101,18 @@ class DeliveryWorker:
         except Exception as exc:  # the database is away: look again at the next poll
             log.warning("cannot claim deliveries: %s: %s", type(exc).__name__, exc)
             return []
+
+    async def purge_expired_keys_if_due(self) -> None:
+        """Delete expired Idempotency-Key records, at most once per purge interval (each pass
+        of the loop asks; the first one purges)."""
+        if time.monotonic() < self._next_purge:
+            return
+        try:
+            await purge_expired_keys(self.runtime.store, utcnow(), self.settings.idempotency_key_seconds)
+        except Exception as exc:  # the database is away: the next pass tries again
+            log.warning("cannot purge expired idempotency keys: %s", type(exc).__name__)
+            return
+        self._next_purge = time.monotonic() + self.settings.idempotency_purge_seconds
 
     def _start(self, deps: Deps, delivery: DueDelivery) -> None:
         task = asyncio.create_task(self._deliver(deps, delivery))

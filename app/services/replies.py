@@ -1,14 +1,18 @@
 """What the model is sent for a turn (system prompt, summary, history, the new message), the
 call, and what is recorded of it (``app.services.turn``)."""
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.errors import ProviderFailed, ProviderTimedOut
 from app.llm import Completion, LlmClient, LlmConfig, LlmError, LlmTimeoutError
 from app.services import prompt
 from app.services.llm_config import PROVIDER_FAILED
 from app.stores.base import BotConfig, Claim, StoredMessage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,12 +59,32 @@ def build_messages(
 async def complete(
     llm: LlmClient, messages: list[dict[str, str]], config: LlmConfig, session_id: str
 ) -> Completion:
+    """The model's reply, or a 502/504 that names the provider (its type) and how it failed
+    (timed out, connection refused, the HTTP status and its message), never where it is: the
+    host and port, and the error as the network library put it, go to the log."""
     try:
         return await llm.complete(messages, config)
-    except LlmTimeoutError as exc:
-        raise ProviderTimedOut(PROVIDER_FAILED.format(reason=exc.reason), session_id=session_id)
     except LlmError as exc:
-        raise ProviderFailed(PROVIDER_FAILED.format(reason=exc.reason), session_id=session_id)
+        log.warning(
+            "LLM provider %s at %s (model %s) failed: %s%s", config.provider_type,
+            _origin(config.api_base), config.model, exc.reason,
+            f" [{exc.internal}]" if exc.internal else "",
+        )  # fmt: skip
+        error = ProviderTimedOut if isinstance(exc, LlmTimeoutError) else ProviderFailed
+        reason = f"{config.provider_type}: {exc.reason}"
+        raise error(PROVIDER_FAILED.format(reason=reason), session_id=session_id) from None
+
+
+def _origin(api_base: str | None) -> str:
+    """scheme://host:port of an api_base (any credentials in it left out), for the log."""
+    if not api_base:
+        return "its default address"
+    url = urlsplit(api_base)
+    try:
+        port = f":{url.port}" if url.port else ""
+    except ValueError:
+        port = ":<invalid port>"
+    return f"{url.scheme}://{url.hostname}{port}"
 
 
 def completion_metadata(completion: Completion) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from app.schemas import TriggerBotMessageRequest
 from app.services.chatbots import CHATBOT_NOT_FOUND
 from app.services.idempotency import MAX_KEY_LENGTH, request_fingerprint
 from app.stores.base import TurnStore
+from app.stores.idempotency import expiry_cutoff, release_expired_delivery_key
 from app.stores.trigger import IdempotencyRace, NewDelivery, Replay, TriggerWriter, owner_params
 
 NO_CONSENT = "User has not given consent"
@@ -89,8 +90,11 @@ async def trigger_bot(
     principal: Principal,
     body: TriggerBotMessageRequest,
     idempotency_key: str | None = None,
+    key_seconds: float = 24 * 3600,
 ) -> TriggerResult:
-    """Steps 3–9 of SPEC §3.3 (the caller authorized and validated the request)."""
+    """Steps 3–9 of SPEC §3.3 (the caller authorized and validated the request). A key first
+    used ``key_seconds`` ago or longer has expired: its delivery lets go of it, and this request
+    is a new trigger."""
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
     platform = body.platform
@@ -115,11 +119,14 @@ async def trigger_bot(
     try:
         async with store.statements(transaction=True) as db:
             writer = TriggerWriter(db)
+            now = utcnow()
             if idempotency_key is not None:
                 replay = await writer.replay(principal.credential_id, idempotency_key)
-                if replay is not None:
+                cutoff = expiry_cutoff(now, key_seconds)
+                if replay is not None and replay.created_at > cutoff:
                     return _replayed(replay, fingerprint)
-            now = utcnow()
+                if replay is not None:
+                    await release_expired_delivery_key(db, principal.credential_id, idempotency_key, cutoff)
             participant_id = await writer.lock_participant(principal.team_id, platform, identifier, now)
             metadata = await writer.merge_participant_data(participant_id, target.head_id, body.participant_data)
             if platform in CONSENT_REQUIRED and metadata.get("consent") is not True:

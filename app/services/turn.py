@@ -207,7 +207,7 @@ async def _answer(
             return TurnResult(consent_reply, session_id)
         # Consent given: answer the participant's first message (in the history), or the seed.
         user_text = bot.seed_message or None
-    config = llm_config_for(bot, provider, settings.effective_secret_key, session_id)
+    config = llm_config_for(bot, provider, settings.encryption_keys, session_id)
 
     summary, summary_until_id = claim.summary, claim.summary_until_id
     older: list[StoredMessage] = []

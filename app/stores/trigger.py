@@ -46,6 +46,7 @@ class Replay:
     delivery_id: uuid.UUID
     session_id: str
     platform: str
+    created_at: datetime  # the key's first use: it expires from there (app.stores.idempotency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ TARGET = (
 )
 
 REPLAY = (
-    select(D.c.request_hash, D.c.public_id, S.c.external_id, D.c.platform)
+    select(D.c.request_hash, D.c.public_id, S.c.external_id, D.c.platform, D.c.created_at)
     .join(S, S.c.id == D.c.session_id)
     .where(
         D.c.idempotency_credential == bindparam("p_credential", type_=String),

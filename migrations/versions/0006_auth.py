@@ -121,19 +121,20 @@ def upgrade() -> None:
     # (its token is read from the encrypted config, with the app's secret key).
     from app.auth.embed_keys import fill_embed_key_hashes
 
-    fill_embed_key_hashes(op.get_bind(), _secret_key())
+    fill_embed_key_hashes(op.get_bind(), _secret_keys())
 
 
-def _secret_key() -> str | None:
-    """The app's secret key: the caller's settings (``app.migrate``), else the environment's;
-    None when it has none (the data step then refuses to go on if a widget needs it)."""
+def _secret_keys() -> tuple[str, ...] | None:
+    """The app's secret key and its fallbacks: the caller's settings (``app.migrate``), else the
+    environment's; None when it has none (the data step then refuses to go on if a widget
+    needs it)."""
     from alembic import context
 
     from app.config import get_settings
 
     settings = context.config.attributes.get("settings") or get_settings()
     try:
-        return settings.effective_secret_key
+        return settings.encryption_keys
     except RuntimeError:
         return None
 
