@@ -159,6 +159,21 @@ class Settings(BaseSettings):
     docs_oauth_client_id: str = "chatbots-docs"
 
     log_level: str = "INFO"
+    # One JSON object per line, or plain text. Unset: text for SQLite (the embedded default, a
+    # person at a terminal), JSON elsewhere (a log collector reads it). app.observability.logs
+    log_format: Literal["json", "text"] | None = None
+
+    # GET /metrics (Prometheus). Off: 404. With a token, a scrape must send it as
+    # "Authorization: Bearer <token>" (401 otherwise); without one, anyone who reaches the port
+    # reads it: keep /metrics off the public proxy, or set a token.
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
+
+    # On SIGTERM: requests in flight get this long to finish (new connections are refused at
+    # once), then the in-process delivery worker's sends in flight get as long again before they
+    # are cut off and their claims given back. The orchestrator's grace period (compose
+    # stop_grace_period, Kubernetes terminationGracePeriodSeconds) must exceed twice this.
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0)
     # Run migrations at start-up. Defaults to on for SQLite (the embedded default), off elsewhere
     # (run ``chatbots db upgrade`` once per release).
     auto_migrate: bool | None = None

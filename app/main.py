@@ -2,25 +2,21 @@
 
 import asyncio
 import gc
-import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers, internal_error_response
+from app.errors import install_error_handlers
 from app.head_requests import HeadAsGetMiddleware
-from app.response_headers import with_pending_headers
-from app.routers import accounts, channels, docs, health, oauth, oauth_consent, oauth_openapi, trigger
+from app.observability.logs import configure_logging
+from app.observability.requests import RequestIdMiddleware
+from app.routers import accounts, channels, docs, health, metrics, oauth, oauth_consent, oauth_openapi, trigger
 from app.routers.openapi_docs import install_openapi
 from app.routers.widget_cors import WidgetCorsMiddleware
 from app.runtime import open_runtime
 from app.security_headers import SecurityHeadersMiddleware
-
-log = logging.getLogger(__name__)
 
 DESCRIPTION = """Chatbots v1: send a user's message to a chatbot and get its reply; ask a chatbot to
 write to a participant on a platform (`trigger_bot`).
@@ -48,60 +44,9 @@ def tune_garbage_collector() -> None:
     gc.freeze()
 
 
-class RequestIdMiddleware:
-    """Every response carries ``X-Request-ID``: the client's, or a new one (pure ASGI: cheap),
-    and the headers its handling left pending (``app.response_headers``: rate limits).
-
-    It also answers an unexpected exception: a JSON 500 with the request id, logged once here
-    with its traceback and the id. Not re-raised, or the server would log it a second time; and
-    Starlette's own handler of last resort runs outside this middleware, without the header.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = next(
-            (v.decode("latin-1")[:200] for k, v in scope["headers"] if k == b"x-request-id"),
-            None,
-        ) or uuid.uuid4().hex
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message.setdefault("headers", [])
-                message["headers"] = with_pending_headers(
-                    state, [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
-                )
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            if started:
-                raise  # too late to answer: the server logs it and drops the connection
-            log.exception(
-                "unexpected error: %s %s (request %s)", scope["method"], scope["path"], request_id
-            )
-            await internal_error_response(request_id)(scope, receive, send_with_id)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx logs every request's URL at INFO, and some providers' URLs carry a secret (Telegram's
-    # bot token): no secret in the logs.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Authlib logs the tokens it issues at DEBUG: never, whatever the level (no secret in logs).
-    logging.getLogger("authlib").setLevel(logging.INFO)
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,9 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             running = asyncio.create_task(worker.run())
             try:
                 yield
-            finally:  # the server is stopping: sends in flight finish first
-                worker.stop()
-                await running
+            finally:  # the server is stopping: sends in flight finish first, within a bound
+                await worker.stop_and_drain(running, settings.shutdown_timeout_seconds)
 
     app = FastAPI(
         title="Chatbots API",
@@ -142,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadAsGetMiddleware)  # outermost: everything inside sees a GET
     install_error_handlers(app)
     app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
     app.include_router(channels.router)
     app.include_router(trigger.router)
     app.include_router(docs.router)

@@ -35,19 +35,24 @@ async def upgrade_database(engine: AsyncEngine, settings: Settings | None = None
 
 
 @lru_cache(maxsize=1)
-def _script_heads() -> frozenset[str]:
-    """The migrations' heads: read from the scripts once per process, not per probe."""
+def head_revisions() -> frozenset[str]:
+    """The revisions this code's migrations end at: read from the scripts once per process,
+    not per probe."""
     return frozenset(ScriptDirectory.from_config(alembic_config("")).get_heads())
 
 
-async def is_at_head(engine: AsyncEngine) -> bool:
-    heads = _script_heads()
+async def current_revisions(engine: AsyncEngine) -> frozenset[str]:
+    """The revisions the database is at (none: never migrated)."""
 
-    def _current(connection) -> set[str]:  # type: ignore[no-untyped-def]
-        return set(MigrationContext.configure(connection).get_current_heads())
+    def _current(connection) -> frozenset[str]:  # type: ignore[no-untyped-def]
+        return frozenset(MigrationContext.configure(connection).get_current_heads())
 
     async with engine.connect() as connection:
-        return await connection.run_sync(_current) == heads
+        return await connection.run_sync(_current)
+
+
+async def is_at_head(engine: AsyncEngine) -> bool:
+    return await current_revisions(engine) == head_revisions()
 
 
 def upgrade_database_sync(database_url: str) -> None:

@@ -1,7 +1,8 @@
 """Headers decided while a request is handled that its response must carry whatever it turns
 out to be: the handler's return, an error handler's JSON, or the 500 of last resort (the rate
-limits' ``X-RateLimit-*``). They wait in the request's ASGI state; ``RequestIdMiddleware``
-(``app.main``), which already adds ``X-Request-ID`` to every response, adds them too."""
+limits' ``X-RateLimit-*``). They wait in the request's ASGI state;
+``app.observability.requests.RequestIdMiddleware``, which already adds ``X-Request-ID`` to every
+response, adds them too."""
 
 from collections.abc import MutableMapping
 from typing import Any

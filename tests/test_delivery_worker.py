@@ -295,6 +295,37 @@ async def test_stop_lets_sends_in_flight_finish(env: Env) -> None:
     assert statuses == ["sent"] * 3, statuses
 
 
+async def test_stop_and_drain_gives_back_the_claims_of_sends_it_cuts_off(env: Env) -> None:
+    """The API's shutdown: sends slower than the bound are cut off, and their deliveries are
+    pending again at once, the attempt not counted, for another worker to take."""
+    triggered = [await env.trigger(identifier=str(n), message_text=f"m{n}") for n in range(2)]
+    env.telegram.delay = 3  # longer than the bound below
+    running = DeliveryWorker(env.app.state.runtime)
+    task = asyncio.create_task(running.run())
+    deadline = time.monotonic() + 5
+    while len(env.telegram.requests) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await running.stop_and_drain(task, 0.3)
+    assert time.monotonic() - started < 2 and task.done()
+    statuses = [await env.status(t["delivery_id"]) for t in triggered]
+    assert [(s["status"], s["attempts"]) for s in statuses] == [("pending", 0)] * 2, statuses
+
+
+async def test_each_attempt_is_counted_in_the_metrics_by_outcome(env: Env, worker: DeliveryWorker) -> None:
+    from tests.prometheus import scrape, value
+
+    before = await scrape(env.client)
+    env.telegram.answer(500, {"ok": False, "error_code": 500, "description": "Internal Server Error"})
+    triggered = await env.trigger(message_text="Counted")
+    assert (await env.until(triggered["delivery_id"]))["status"] == "sent"
+    after = await scrape(env.client)
+    for outcome in ("pending", "sent"):  # a retry, then the send
+        delta = value(after, "chatbots_delivery_attempts_total", outcome=outcome) - value(
+            before, "chatbots_delivery_attempts_total", outcome=outcome)  # fmt: skip
+        assert delta == 1, outcome
+
+
 class WebhookReceiver(LoopbackServer):
     """An app's webhook endpoint on 127.0.0.1: records each POST's headers and raw body."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, or_, select, update
+from sqlalchemy import String, and_, bindparam, func, or_, select, update
 
 from app.channels.base import SendFailed
 from app.models import Delivery, DeliveryStatus
@@ -173,3 +173,21 @@ async def extend_lease(store: TurnStore, delivery_id: int, now: datetime, lease_
 async def release_claim(store: TurnStore, delivery_id: int, now: datetime) -> None:
     """Give a claim back unattempted: due at once, its attempt not counted."""
     await _run(store, RELEASE, delivery_id=delivery_id, now=now)
+
+
+# The deliveries not final yet, per state, with the oldest one's creation time: read by
+# /metrics at every scrape. ix_delivery_due (status, next_attempt_at) narrows it to the backlog:
+# finished deliveries, however many, are not read. (Equalities, not IN: an IN list would be
+# expanded at execution, and PostgresStore runs statements compiled once.)
+BACKLOG = (
+    select(D.c.status, func.count().label("count"), func.min(D.c.created_at).label("oldest"))
+    .where(or_(D.c.status == DeliveryStatus.pending, D.c.status == DeliveryStatus.sending))
+    .group_by(D.c.status)
+)
+
+
+async def delivery_backlog(store: TurnStore) -> dict[str, tuple[int, datetime]]:
+    """``{state: (count, oldest created_at)}`` for the states with deliveries not final yet."""
+    async with store.statements(read_only=True) as db:
+        rows = await db.all(BACKLOG, {})
+    return {row["status"]: (row["count"], row["oldest"]) for row in rows}

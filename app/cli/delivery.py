@@ -20,7 +20,12 @@ def worker() -> None:
 
     Sends in flight finish first, then it exits 0. Run as many as you like, anywhere: each
     delivery is claimed by one of them."""
+    from app.cli.checks import check_before_start
+    from app.observability.logs import configure_logging
+
     settings = load_settings()
+    configure_logging(settings)
+    check_before_start(settings)
 
     async def main() -> None:
         import signal

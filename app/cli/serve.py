@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import signal
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,8 +64,13 @@ def serve(
     """Run the API server. The embedded default (SQLite) migrates itself and creates a demo."""
     from app.config import DEFAULT_DATABASE_URL
 
+    from app.cli.checks import check_before_start
+    from app.observability.logs import configure_logging
+
     settings = load_settings()
     workers = workers or settings.serve_workers
+    configure_logging(settings)  # uvicorn's own lines too (log_config=None: they go to the root)
+    check_before_start(settings)
     embedded = settings.database_url == DEFAULT_DATABASE_URL
     if embedded or settings.should_auto_migrate:
 
@@ -91,26 +97,30 @@ def serve(
 
     from app.connection_limits import uvicorn_options
 
-    # Once shut down gracefully after a SIGTERM, uvicorn raises it again for the handler that was
-    # there before its own; the default one would end the process with status 143. A stop asked
-    # for and done is a success: this handler lets `serve` return and exit 0, as `worker` does.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="info",
-            access_log=False,
-            loop="auto",
-            server_header=False,  # no "server: uvicorn" banner telling a scanner what to try
-            **proxy_options(settings),
-            **uvicorn_options(settings),
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # uvicorn stops on SIGTERM by draining (no new connections, requests in flight finish within
+    # CHATBOTS_SHUTDOWN_TIMEOUT_SECONDS, then the lifespan's shutdown), then raises the signal
+    # again with the handler it found: this one, so a shutdown asked for ends with exit code 0,
+    # not the default handler's death by signal (143), which supervisors report as a failure.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # the root logger's format (app.observability.logs), not uvicorn's own
+        access_log=False,  # RequestIdMiddleware writes one access line per request
+        loop="auto",
+        server_header=False,  # no "server: uvicorn" banner telling a scanner what to try
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        **proxy_options(settings),
+        **uvicorn_options(settings),
+    )
+
+
+def _exit_after_shutdown(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def proxy_options(settings: "Settings") -> dict[str, Any]:

@@ -12,6 +12,8 @@ from dataclasses import replace
 
 import aiohttp
 
+from app.observability.metrics import observe_llm_call
+
 from . import litellm_provider, openai_compat
 from .base import Completion, LlmConfig, LlmProviderError, LlmTimeoutError, TransientError
 from .echo import ECHO_TYPE, echo_completion
@@ -42,8 +44,28 @@ class LlmClient:
         self.backoff_base = backoff_base
 
     async def complete(self, messages: list[dict[str, str]], config: LlmConfig) -> Completion:
-        start = started = time.monotonic()
+        """The one door to every model (turns, bot-initiated messages): counted and timed here
+        by provider type (``app.observability.metrics``)."""
         provider_type = config.provider_type.strip().lower()
+        label = provider_type if provider_type in PROVIDER_TYPES else "unknown"
+        outcome, started = "error", time.perf_counter()
+        try:
+            completion = await self._complete(messages, config, provider_type)
+            outcome = "ok"
+            return completion
+        except LlmTimeoutError:
+            outcome = "timeout"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            observe_llm_call(label, outcome, time.perf_counter() - started)
+
+    async def _complete(
+        self, messages: list[dict[str, str]], config: LlmConfig, provider_type: str
+    ) -> Completion:
+        start = started = time.monotonic()
         if provider_type == ECHO_TYPE:
             return replace(echo_completion(messages), latency_ms=_ms_since(start))
         deadline = start + self.total_timeout

@@ -13,7 +13,8 @@ claims expire and are taken again.
 It also deletes expired ``Idempotency-Key`` records every ``CHATBOTS_IDEMPOTENCY_PURGE_SECONDS``
 (``app.stores.idempotency``): every deployment runs a worker, so nobody needs a cron job.
 ``stop()`` (SIGTERM) stops claiming, lets the sends in flight finish and record their outcome,
-and gives back any claim whose send never started.
+and gives back any claim whose send never started; ``stop_and_drain`` (the API's shutdown)
+bounds that wait, then cuts the sends off and gives their claims back.
 """
 
 import asyncio
@@ -30,6 +31,7 @@ from app.channels.base import SendContext, Sender
 from app.channels.outbox import DueDelivery
 from app.channels.senders import default_senders
 from app.db import driver_dsn, utcnow
+from app.observability.metrics import count_delivery_attempt
 from app.runtime import Runtime
 from app.services.delivery import Deps, process
 from app.stores.idempotency import purge_expired_keys
@@ -52,6 +54,16 @@ class DeliveryWorker:
         self._stopping.set()
         self.runtime.deliveries_due.set()
 
+    async def stop_and_drain(self, running: "asyncio.Task[None]", timeout: float) -> None:
+        """Stop claiming and give the sends in flight ``timeout`` seconds to finish; then cut
+        them off, which gives their claims back (``_deliver``) rather than leaving them to
+        expire: another worker takes them at once."""
+        self.stop()
+        try:
+            await asyncio.wait_for(running, timeout)
+        except TimeoutError:
+            log.warning("delivery worker stopped after %.0f s: unfinished sends given back", timeout)
+
     async def run(self) -> None:
         settings, wake = self.settings, self.runtime.deliveries_due
         async with (
@@ -60,19 +72,25 @@ class DeliveryWorker:
         ):
             deps = Deps(self.runtime.store, self.runtime.llm, settings,
                         SendContext(http, settings), self.senders, random.Random())  # fmt: skip
-            while not self._stopping.is_set():
-                wake.clear()  # before claiming: a wake-up during the claim is not lost
-                free = settings.delivery_concurrency - len(self._in_flight)
-                if free > 0:
-                    for delivery in await self._claim(free):
-                        self._start(deps, delivery)
-                await self.purge_expired_keys_if_due()
-                await listening()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), settings.delivery_poll_seconds)
-            if self._in_flight:
-                log.info("delivery worker stopping: %d sends to finish", len(self._in_flight))
+            try:
+                while not self._stopping.is_set():
+                    wake.clear()  # before claiming: a wake-up during the claim is not lost
+                    free = settings.delivery_concurrency - len(self._in_flight)
+                    if free > 0:
+                        for delivery in await self._claim(free):
+                            self._start(deps, delivery)
+                    await self.purge_expired_keys_if_due()
+                    await listening()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), settings.delivery_poll_seconds)
+                if self._in_flight:
+                    log.info("delivery worker stopping: %d sends to finish", len(self._in_flight))
+                    await asyncio.gather(*self._in_flight, return_exceptions=True)
+            except asyncio.CancelledError:  # cut off: each send gives its claim back first
+                for task in self._in_flight:
+                    task.cancel()
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
+                raise
 
     async def _claim(self, limit: int) -> list[DueDelivery]:
         try:
@@ -109,7 +127,7 @@ class DeliveryWorker:
     async def _deliver(self, deps: Deps, delivery: DueDelivery) -> None:
         heartbeat = asyncio.create_task(self._keep_claim(delivery))
         try:
-            await process(deps, delivery)
+            count_delivery_attempt(await process(deps, delivery))
         except asyncio.CancelledError:
             # Cut off (not a SIGTERM, which waits): the claim is given back rather than left to
             # expire. Had the provider already accepted the message, this is the one resend
@@ -118,6 +136,7 @@ class DeliveryWorker:
                 await asyncio.shield(outbox.release_claim(deps.store, delivery.id, utcnow()))
             raise
         except Exception:
+            count_delivery_attempt("error")
             # A bug or the database gone mid-way: the claim expires after the lease and the
             # delivery is taken again (at most the one resend the README's guarantee allows).
             log.exception("delivery %s failed unexpectedly", delivery.public_id)
