@@ -19,17 +19,17 @@ from app.auth.csrf import CSRF_COOKIE, CSRF_FORM_FIELD, CSRF_HEADER, csrf_failur
 from app.auth.login import LoginRefused, check_login, safe_next
 from app.auth.rate_limit_http import client_ip, rate_limiter, report
 from app.auth.rate_limits import RateLimited
-from app.auth.web_sessions import SESSION_COOKIE, end_session, find_session, start_session
+from app.auth.web_sessions import SESSION_COOKIE, end_session, start_session
 from app.db import utcnow
 from app.models import Team
 from app.routers.deps import SessionmakerDep, SettingsDep, StoreDep
+from app.routers.browser import LOGIN_PATH, is_https, logged_in, set_cookie
 from app.routers.forms import read_form
 from app.routers.templating import PAGE_HEADERS, templates
 from app.stores.base import TurnStore
 
 router = APIRouter(include_in_schema=False)
 
-LOGIN_PATH = "/accounts/login"
 LOGOUT_PATH = "/accounts/logout"
 DEFAULT_NEXT = "/docs"
 # What new_csrf_token makes; a csrftoken cookie of another shape is replaced, not reused.
@@ -51,20 +51,6 @@ def _credentials(request: Request) -> CredentialCache:
     return request.app.state.runtime.credentials
 
 
-def _is_https(request: Request) -> bool:
-    """As uvicorn reports it, after the trusted proxies' X-Forwarded-Proto."""
-    return request.url.scheme == "https"
-
-
-def _set_cookie(
-    response: Response, request: Request, name: str, value: str, max_age: int, *, httponly: bool
-) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, path="/", secure=_is_https(request), httponly=httponly,
-        samesite="lax",
-    )  # fmt: skip
-
-
 def _page_csrf_token(request: Request) -> str:
     """The browser's token if it has one of ours (other tabs' forms keep working), else new."""
     existing = request.cookies.get(CSRF_COOKIE, "")
@@ -73,9 +59,8 @@ def _page_csrf_token(request: Request) -> str:
 
 async def _signed_in(request: Request, store: TurnStore, sessions: SessionmakerDep) -> SignedIn | None:
     """Who the browser is logged in as (shown with a logout button), if anyone."""
-    raw = request.cookies.get(SESSION_COOKIE)
-    found = await find_session(store, raw, utcnow()) if raw else None
-    if found is None or not found.is_active or found.role is None:
+    found = await logged_in(request, store)
+    if found is None or found.role is None:
         return None
     async with sessions() as db:
         team = await db.get(Team, found.team_id)
@@ -109,7 +94,7 @@ def _login_page(
         request, "login.html", context, status_code=status_code, headers=PAGE_HEADERS
     )
     lifetime = settings.session_cookie_seconds  # the token must outlive no session
-    _set_cookie(response, request, CSRF_COOKIE, csrf_token, lifetime, httponly=False)
+    set_cookie(response, request, CSRF_COOKIE, csrf_token, lifetime, httponly=False)
     return response
 
 
@@ -163,9 +148,9 @@ async def login(
     )
     target = safe_next(form.get("next"), _root(request) + DEFAULT_NEXT)
     response = RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
-    _set_cookie(response, request, SESSION_COOKIE, raw, lifetime, httponly=True)
+    set_cookie(response, request, SESSION_COOKIE, raw, lifetime, httponly=True)
     # A new token at login: one a page could have read before (or planted) is worth nothing after.
-    _set_cookie(response, request, CSRF_COOKIE, new_csrf_token(), lifetime, httponly=False)
+    set_cookie(response, request, CSRF_COOKIE, new_csrf_token(), lifetime, httponly=False)
     return response
 
 
@@ -182,6 +167,6 @@ async def logout(request: Request, settings: SettingsDep, store: StoreDep) -> Re
         await end_session(store, raw, _credentials(request))
     response = RedirectResponse(_root(request) + LOGIN_PATH, status_code=303, headers=PAGE_HEADERS)
     response.delete_cookie(
-        SESSION_COOKIE, path="/", secure=_is_https(request), httponly=True, samesite="lax"
+        SESSION_COOKIE, path="/", secure=is_https(request), httponly=True, samesite="lax"
     )
     return response

@@ -18,25 +18,18 @@ from app.auth.csrf import CSRF_COOKIE, CSRF_FORM_FIELD, csrf_failure, new_csrf_t
 from app.auth.oauth.consent import ConsentPage, Refused, consent_page, decide
 from app.auth.oauth.metadata import AUTHORIZE_PATH
 from app.auth.oauth.server import FormRequest, OAuthAnswer, run_oauth
-from app.auth.web_sessions import SESSION_COOKIE, BrowserSession, find_session
-from app.db import utcnow
+from app.auth.web_sessions import BrowserSession
+from app.routers.browser import LOGIN_PATH, logged_in, set_cookie
 from app.routers.deps import SessionmakerDep, SettingsDep, StoreDep
 from app.routers.oauth import read_form
 from app.routers.templating import PAGE_HEADERS, templates
 
 router = APIRouter(include_in_schema=False)
-LOGIN_PATH = "/accounts/login"
 
 
 def _here(request: Request) -> str:
     query = request.url.query
     return request.url.path + (f"?{query}" if query else "")
-
-
-async def _browser(request: Request, store: StoreDep) -> BrowserSession | None:
-    raw = request.cookies.get(SESSION_COOKIE)
-    found = await find_session(store, raw, utcnow()) if raw else None
-    return found if found is not None and found.is_active else None
 
 
 def _to_login(request: Request) -> Response:
@@ -68,7 +61,7 @@ def _oauth_request(request: Request) -> FormRequest:
 @router.get(AUTHORIZE_PATH)
 @router.get(AUTHORIZE_PATH.rstrip("/"))
 async def authorize_page(request: Request, store: StoreDep, sessions: SessionmakerDep, settings: SettingsDep) -> Response:
-    browser = await _browser(request, store)
+    browser = await logged_in(request, store)
     if browser is None:
         return _to_login(request)
     oauth_request = _oauth_request(request)
@@ -76,15 +69,14 @@ async def authorize_page(request: Request, store: StoreDep, sessions: Sessionmak
     csrf_token = request.cookies.get(CSRF_COOKIE) or new_csrf_token()
     response = _render(request, outcome, browser, csrf_token)
     if CSRF_COOKIE not in request.cookies:  # the login page normally set it; a form needs it
-        secure = request.url.scheme == "https"
-        response.set_cookie(CSRF_COOKIE, csrf_token, samesite="lax", secure=secure, path="/")
+        set_cookie(response, request, CSRF_COOKIE, csrf_token, None, httponly=False)
     return response
 
 
 @router.post(AUTHORIZE_PATH)
 @router.post(AUTHORIZE_PATH.rstrip("/"))
 async def authorize_decision(request: Request, store: StoreDep, sessions: SessionmakerDep, settings: SettingsDep) -> Response:
-    browser = await _browser(request, store)
+    browser = await logged_in(request, store)
     if browser is None:
         return _to_login(request)
     form = await read_form(request, settings.max_body_bytes, settings.body_timeout_seconds)
