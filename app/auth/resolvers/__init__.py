@@ -5,7 +5,8 @@ A resolver raises ``NotAuthenticated`` for the SPEC's other 401 messages and
 ``PermissionDenied`` for a valid credential used where it may not be (a 403).
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TypeVar
 
 from app.auth.principal import CredentialContext, CredentialKind, Principal
 from app.auth.scopes import ALL_SCOPES
@@ -14,6 +15,16 @@ from app.models import Role
 from app.stores.base import TurnStore
 
 Resolver = Callable[[TurnStore, str, CredentialContext], Awaitable[Principal | None]]
+T = TypeVar("T")
+
+
+async def remembered(
+    context: CredentialContext | None, key: Hashable, lookup: Callable[[], Awaitable[T | None]]
+) -> T | None:
+    """``lookup()``'s record, from the process's memory of lookups when the request has one
+    (``app.auth.cache``: the record is remembered, the resolver still decides on it)."""
+    cache = context.cache if context is not None else None
+    return await cache.get_or_load(key, lookup) if cache is not None else await lookup()
 
 USER_INACTIVE = "User inactive or deleted."
 NOT_A_MEMBER = "Incorrect authentication credentials."

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from app.auth.api_keys import split_prefix
 from app.auth.principal import CredentialContext, Principal
-from app.auth.resolvers import user_principal
+from app.auth.resolvers import remembered, user_principal
 from app.crypto import constant_time_equal, sha256_hex
 from app.db import utcnow
 from app.stores.base import ApiKeyRecord, TurnStore
@@ -28,8 +28,7 @@ async def resolve(store: TurnStore, raw_key: str, context: CredentialContext | N
         # is looked up each time, and is refused below).
         return record if record is not None and constant_time_equal(presented, record.key_hash) else None
 
-    cache = context.cache if context is not None else None
-    key = await cache.get_or_load(("api_key", presented), lookup) if cache is not None else await lookup()
+    key = await remembered(context, ("api_key", presented), lookup)
     if key is None:
         return None
     if (

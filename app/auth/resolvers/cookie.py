@@ -9,7 +9,7 @@ failure (403) is only ever about a session that would otherwise have been let in
 
 from app.auth.csrf import CSRF_COOKIE, CSRF_HEADER, csrf_failure
 from app.auth.principal import CredentialContext, Principal
-from app.auth.resolvers import user_principal
+from app.auth.resolvers import remembered, user_principal
 from app.auth.web_sessions import BrowserSession, cache_key, find_session
 from app.db import utcnow
 from app.errors import PermissionDenied
@@ -24,8 +24,7 @@ async def resolve(store: TurnStore, raw: str, context: CredentialContext) -> Pri
     async def lookup() -> BrowserSession | None:
         return await find_session(store, raw, now)
 
-    cache = context.cache
-    session = await cache.get_or_load(cache_key(raw), lookup) if cache is not None else await lookup()
+    session = await remembered(context, cache_key(raw), lookup)
     if session is None or session.expires_at <= now:  # a remembered one may have expired since
         return None
     principal = user_principal(

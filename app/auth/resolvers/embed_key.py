@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from app.auth.embed_keys import embed_key_hash
 from app.auth.origins import domain_entries, origin_allowed, parse_origin, request_origin
 from app.auth.principal import CredentialContext, Principal
+from app.auth.resolvers import remembered
 from app.auth.scopes import INTERACT_SCOPE
 from app.errors import PermissionDenied
 from app.stores.base import TurnStore
@@ -46,8 +47,7 @@ async def resolve(store: TurnStore, raw: str, context: CredentialContext) -> Pri
         domains = tuple(domain_entries(row["config"].get("allowed_domains")))
         return EmbedKeyRecord(row["id"], row["team_id"], row["chatbot_id"], domains)
 
-    cache = context.cache
-    channel = await cache.get_or_load(("embed_key", hashed), lookup) if cache is not None else await lookup()
+    channel = await remembered(context, ("embed_key", hashed), lookup)
     if channel is None:
         return None
     if not origin_allowed(request_origin(context.headers), channel.allowed_domains):

@@ -16,11 +16,11 @@ from sqlalchemy import and_, bindparam, select
 
 from app.auth.oauth.tokens import ACCESS_TOKEN_PREFIX
 from app.auth.principal import CredentialContext, Principal
+from app.auth.resolvers import remembered, user_principal
 from app.auth.scopes import ALL_SCOPES
 from app.crypto import constant_time_equal, sha256_hex
 from app.db import utcnow
-from app.errors import NotAuthenticated
-from app.models import Membership, OAuthClient, OAuthToken, Role, User
+from app.models import Membership, OAuthClient, OAuthToken, User
 from app.stores.base import TurnStore
 
 _T, _C, _U, _M = OAuthToken.__table__, OAuthClient.__table__, User.__table__, Membership.__table__
@@ -58,8 +58,7 @@ async def resolve(store: TurnStore, raw: str, context: CredentialContext | None 
         async with store.statements(read_only=True) as run:
             return await run.first(FIND_ACCESS_TOKEN, {"p_hash": presented})
 
-    cache = context.cache if context is not None else None
-    row = await cache.get_or_load(cache_key(raw), lookup) if cache is not None else await lookup()
+    row = await remembered(context, cache_key(raw), lookup)
     if (
         row is None
         or not constant_time_equal(presented, row["access_token_hash"])
@@ -73,16 +72,7 @@ async def resolve(store: TurnStore, raw: str, context: CredentialContext | None 
         chatbot_ids = frozenset(int(i) for i in row["chatbot_ids"] or ())
         return Principal(kind="oauth", credential_id=credential_id, team_id=row["team_id"], scopes=scopes,
                          chatbot_ids=chatbot_ids)  # fmt: skip
-    if not row["is_active"]:
-        raise NotAuthenticated("User inactive or deleted.")
-    if row["role"] is None:
-        raise NotAuthenticated("Incorrect authentication credentials.")
-    return Principal(
-        kind="oauth",
-        credential_id=credential_id,
-        team_id=row["team_id"],
-        scopes=scopes,
-        user_id=row["user_id"],
-        user_email=row["email"],
-        role=Role(row["role"]),
-    )
+    return user_principal(
+        "oauth", credential_id, team_id=row["team_id"], user_id=row["user_id"], email=row["email"],
+        is_active=row["is_active"], role=row["role"], scopes=scopes,
+    )  # fmt: skip
