@@ -134,7 +134,8 @@ class IdempotencyRecord(Base):
     """The first response to a request carrying an ``Idempotency-Key`` (SPEC §3.2)."""
 
     __tablename__ = "idempotency_record"
-    __table_args__ = (UniqueConstraint("credential", "key"),)
+    # created_at: the expiry purge deletes by age (app/stores/idempotency.py).
+    __table_args__ = (UniqueConstraint("credential", "key"), Index("ix_idempotency_record_created_at", "created_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     credential: Mapped[str] = mapped_column(String(64))

@@ -4,7 +4,7 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import utcnow
@@ -31,6 +31,13 @@ class Delivery(Base):
         # A trigger's Idempotency-Key lives on its delivery, written in the same transaction: a
         # repeat finds the first trigger's delivery (and answers as it did), never a second one.
         Index("uq_delivery_idempotency", "idempotency_credential", "idempotency_key", unique=True),
+        # The expiry purge (app/stores/idempotency.py) finds keyed deliveries by age; only the
+        # rows still holding a key are indexed.
+        Index(
+            "ix_delivery_idempotency_created_at", "created_at",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
