@@ -76,6 +76,13 @@ async def test_other_authorization_schemes_are_no_credential(client, db, world):
     assert r.headers["www-authenticate"] == 'Bearer realm="api"'
 
 
+async def test_another_authorization_scheme_beside_a_valid_key_leaves_the_key_to_decide(client, world):
+    # A gateway in front may use Basic for its own login: that header is not ours to judge.
+    r = await chat(client, world.url, {"X-api-key": world.key, "Authorization": "Basic Zm9vOmJhcg=="})
+    assert r.status_code == 200, r.text
+    assert r.json()["response"]
+
+
 # --- invalid keys -------------------------------------------------------------------------------------
 
 
