@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.common import DISTURBED_OTHER_PCT, HOST, N_LOAD_USERS, log
+from bench.common import DISTURBED_OTHER_PCT, N_LOAD_USERS, log
 from bench.harness import Bench
 from bench.loadgen import percentile, run_load
 from bench.sampling import CpuMeter, proc_status
@@ -189,7 +189,6 @@ async def soak(bench: Bench) -> None:
     async with running_service(bench, "service-soak", {}) as startup_s:
         pid = bench.service_pid()
         requests = [bench.service_request(LATENCY_MS, user) for user in range(CONCURRENCY)]
-        assert all(r.host == HOST and r.port == bench.service_port for r in requests)
         meter = CpuMeter(pid, bench.pg, bench.fake.pid if bench.fake else 0)
         waited = await bench.wait_quiet(meter)
         log(f"soak: warm-up {warmup_s:g} s, then {duration:g} s at c={CONCURRENCY}, LLM {LATENCY_MS} ms")
