@@ -292,7 +292,7 @@ def _trend_text(tr: dict[str, Any]) -> str:
         return "p50 trend: not measured (fewer than two windows)"
     moved = f"{tr['first_ms']} -> {tr['last_ms']} ms ({tr['change_pct']:+} %)"
     verdict = (f"p50 CLIMBS over the soak: {moved}" if tr["climbs"]
-               else f"p50 stays within {CLIMB_PCT:g} %: {moved}")  # fmt: skip
+               else f"p50 does not climb over {CLIMB_PCT:g} %: {moved}")  # fmt: skip
     which = "undisturbed " if tr["undisturbed_only"] else ""
     return (f"{verdict}; least-squares slope {tr['slope_ms_per_min']} ms per minute over "
             f"{tr['windows']} {which}windows")  # fmt: skip
