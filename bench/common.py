@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = "127.0.0.1"
 TEAM = "bench"
+# The production scenarios (issue 9): run only when named (--only NAME, or --only production).
+PRODUCTION = ("soak", "outage", "scale")
 N_LOAD_USERS = 64  # users 0..63: the virtual clients
 HISTORY_USER, FRESH_USER, TRACE_USER = 64, 65, 66
 N_USERS = 67

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    ADMIN_EMAIL, FAKE_TELEGRAM_LATENCY_MS, FULL, HOST, LATENCIES, N_USERS, NEW_USER_PREFIX, PY,
+    ADMIN_EMAIL, FAKE_TELEGRAM_LATENCY_MS, FULL, HOST, LATENCIES, N_USERS, NEW_USER_PREFIX,
+    PRODUCTION, PY,
     QUICK, QUIET_OTHER_PCT, ROOT, SYSTEM_PROMPT, TEAM, TELEGRAM_BOT_TOKEN, TRIGGER_USER_PREFIX, log,
     new_users_needed, trigger_users_needed,
 )  # fmt: skip
@@ -120,10 +121,13 @@ class Bench:
     # -- set-up -------------------------------------------------------------------------------
     def runs(self, part: str) -> bool:
         """Whether this run measures ``part`` ("matrix": the incoming_message measurements;
-        "auth": what authenticating costs; "trigger": the trigger scenarios): ``--only`` picks
-        one, by default all."""
+        "auth": what authenticating costs; "trigger": the trigger scenarios; "soak", "outage",
+        "scale": the production scenarios): ``--only`` picks one ("production": the three
+        production scenarios); by default all but the production scenarios."""
         only = getattr(self.args, "only", None)
-        return only is None or only == part
+        if only is None:
+            return part not in PRODUCTION
+        return part in PRODUCTION if only == "production" else only == part
 
     def setup(self) -> None:
         log(f"PostgreSQL on {HOST}:{self.pg.port} (PGDATA {self.pg.pgdata})")
@@ -179,7 +183,8 @@ class Bench:
             seconds = time.perf_counter() - t0
             self.results["new_users_seed"] = {"users": n, "seconds": round(seconds, 2)}
             log(f"seeded {n} new users for the fresh scenario (bulk) in {seconds:.1f}s")
-        if self.runs("trigger"):
+        # The outage and scale-out scenarios send deliveries through the fake Telegram too.
+        if self.runs("trigger") or self.runs("outage") or self.runs("scale"):
             try:
                 self.setup_trigger()
             except Exception as exc:  # e.g. --rev of a commit before trigger_bot and channels

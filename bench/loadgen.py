@@ -250,6 +250,9 @@ class LoadResult:
     warmup_errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     stopped_by: str = ""  # "total" | "duration" | "exhausted" (a shared queue ran out)
+    # With run_load(..., record=True): one (sent at, seconds from the measured phase's start;
+    # latency, s; status; the request's label) per measured request, in completion order.
+    events: list[tuple[float, float, int | str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         ok = sorted(self.latencies)
@@ -343,6 +346,7 @@ async def run_load(
     on_measure_start: Callable[[], None] | None = None,
     allow_non_loopback: bool = False,
     shared: bool = False,
+    record: bool = False,
 ) -> LoadResult:
     """Run ``concurrency`` clients; client i sends ``requests[i % len(requests)]`` repeatedly.
     With ``shared``, the clients take ``requests`` in order from one queue instead, each sent
@@ -353,6 +357,8 @@ async def run_load(
     ``warmup`` requests run before, over the same connections, and are not measured.
     ``on_complete(n)`` is called after the n-th measured completion (keep it cheap);
     ``on_measure_start()`` once, when the warm-up is over and the measured phase begins.
+    ``record``: keep every measured request's time, latency, status and label in ``events``
+    (a timeline: second-by-second throughput, an outage's errors, which labels succeeded).
     """
     if not requests:
         raise ValueError("no requests")
@@ -376,7 +382,7 @@ async def run_load(
         if on_measure_start is not None:
             on_measure_start()
         await _phase(clients, result, total, duration, queue, measured=True,
-                     on_complete=on_complete)  # fmt: skip
+                     on_complete=on_complete, record=record)  # fmt: skip
     finally:
         for client in clients:
             client.close()
@@ -392,6 +398,7 @@ async def _phase(
     *,
     measured: bool,
     on_complete: Callable[[int], None] | None = None,
+    record: bool = False,
 ) -> None:
     issued = 0
     start = time.perf_counter()
@@ -426,6 +433,8 @@ async def _phase(
                         await asyncio.sleep(0.05)
                 continue
             last_done = done
+            if record:
+                result.events.append((now - start, latency, status, request.label))
             result.completed += 1
             result.status_counts[status] += 1
             result.all_latencies.append(latency)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import authcost
+from bench import authcost, outage, scaleout, soak
 from bench.common import (
     CONCURRENCIES, DEFAULT_DELIVERY_CONCURRENCY, DISTURBED_OTHER_PCT, FRESH_CONCURRENCIES, FULL,
     HISTORY_MESSAGES, LATENCIES, QUICK, Budget, shown,
@@ -140,6 +140,8 @@ def _other_targets(results: dict[str, Any], add: Any) -> None:
             f1["added_p50_ms"] <= TARGET_FRESH_ADDED_MS,
         )
     authcost.targets(results, add)
+    for module in (scaleout, outage, soak):
+        module.targets(results, add)
     tr = results.get("trigger")
     if tr:
         inc, trig = tr["cells"]
@@ -473,6 +475,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         *_trigger_section(results),
         *_deliveries_section(results),
         *authcost.section(results),
+        *scaleout.section(results),
+        *outage.section(results),
+        *soak.section(results),
         *([f"### trigger_bot scenarios: not measured ({results['trigger_skipped']})", ""]
           if results.get("trigger_skipped") else []),
         "### Targets",

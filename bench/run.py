@@ -4,6 +4,11 @@
     python bench/run.py --quick    # a short smoke run (about 2 minutes)
     python bench/run.py --only trigger   # only the trigger_bot scenarios (3 to 5 minutes)
     python bench/run.py --only auth      # only what authenticating costs (about 1 minute)
+    python bench/run.py --only production   # the soak, the outage and the scale-out (issue 9)
+    python bench/run.py --only soak|outage|scale   # one of those three
+
+The production scenarios (``bench/soak.py``, ``bench/outage.py``, ``bench/scaleout.py``) run
+only when named: the soak alone takes over ten minutes.
 
 What it does, stopping everything it started in the end (try/finally, process groups):
 
@@ -66,8 +71,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import authcost, measurements, trigger  # noqa: E402
-from bench.common import PY, log  # noqa: E402
+from bench import authcost, measurements, outage, scaleout, soak, trigger  # noqa: E402
+from bench.common import PRODUCTION, PY, log  # noqa: E402
 from bench.harness import Bench  # noqa: E402
 from bench.loadgen import install_uvloop  # noqa: E402
 from bench.report import evaluate, render_markdown, write_results  # noqa: E402
@@ -122,6 +127,13 @@ async def measure_all(bench: Bench) -> None:
                 raise
             bench.results["trigger_skipped"] = f"{type(exc).__name__}: {exc}"[-1000:]
             log(f"trigger scenarios failed, skipped: {bench.results['trigger_skipped']}")
+    # The production scenarios (issue 9), each on services of its own, only when named.
+    if bench.runs("scale"):
+        await scaleout.scale_out(bench)
+    if bench.runs("outage"):
+        await outage.outage(bench)
+    if bench.runs("soak"):
+        await soak.soak(bench)
 
 
 def run(bench: Bench) -> int:
@@ -154,10 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
                         help="before each measurement wait up to this long for other processes "
                         "to leave the CPU alone (0: do not wait); default 10")
-    parser.add_argument("--only", choices=("matrix", "auth", "trigger"), default=None,
+    parser.add_argument("--only", choices=("matrix", "auth", "trigger", *PRODUCTION, "production"),
+                        default=None,
                         help="run only part of the benchmark: 'trigger' = the trigger_bot "
                         "throughput and deliveries scenarios; 'auth' = what authenticating "
-                        "costs a request; 'matrix' = everything else (default: all)")
+                        "costs a request; 'matrix' = everything else (default: those three); "
+                        "'soak', 'outage', 'scale' = one production scenario, 'production' = "
+                        "the three (never part of the default run)")
+    parser.add_argument("--soak-seconds", type=float, default=None, metavar="SECONDS",
+                        help="the soak's measured duration (default 600; --quick: 60)")
     parser.add_argument("--rev", default=None,
                         help="benchmark this git revision (exported to a temp dir) instead of the "
                         "working tree; results still land in this checkout's bench/out/")
