@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -36,7 +35,7 @@ from bench.common import HOST, N_LOAD_USERS, cell_warmup, log
 from bench.harness import Bench
 from bench.loadgen import Client, Request, run_load
 from bench.processes import Proc, chatbots_cmd
-from bench.sampling import CpuMeter, children_of, cpu_ticks, CLK_TCK
+from bench.sampling import CLK_TCK, CpuMeter, children_of, cpu_ticks
 from bench.trigger import _dsn, _fake_stats, _reset_fake, _wait_sent
 
 RATIO_TARGET = 1.6

@@ -6,10 +6,13 @@ and sent by two workers.
 
 The database, the loopback fake Telegram and the worker processes are those of
 tests/test_delivery_processes.py (its ``env`` fixture); tests/test_real_server.py covers one
-server's two worker processes taking one session's turns, so here every session is new."""
+server's two worker processes taking one session's turns, so here every session is new.
+
+On SQLite too: compose's topology is PostgreSQL, but the README promises that several processes
+share the embedded database safely (the open-session unique index, the atomic delivery claim,
+turns that poll), and these two tests are where that is checked across processes."""
 
 import asyncio
-import os
 from collections import Counter
 from dataclasses import dataclass
 
