@@ -265,8 +265,11 @@ class Bench:
         text = f"hello {'from' if visit == 1 else 'again from'} new user {index}"
         return self.incoming_request(latency, self.new_keys[index], text, f"new-{index}")
 
-    def incoming_request(self, latency: int, key: str, text: str, label: str) -> Request:
-        url = f"http://{HOST}:{self.service_port}/channels/api/{self.chatbots[latency]}/incoming_message"
+    def incoming_request(
+        self, latency: int, key: str, text: str, label: str, port: int | None = None
+    ) -> Request:
+        """``port``: another API process than the bench's service (the scale-out's)."""
+        url = f"http://{HOST}:{port or self.service_port}/channels/api/{self.chatbots[latency]}/incoming_message"
         body = json.dumps({"message": text})
         return Request.build("POST", url, {"X-api-key": key}, body, label=label)
 
@@ -276,10 +279,12 @@ class Bench:
         text = f"hello from trigger-scenario user {index}"
         return self.incoming_request(0, self.trigger_keys[index], text, f"trig-{index}")
 
-    def trigger_request(self, identifier: str, text: str | None = None) -> Request:
+    def trigger_request(
+        self, identifier: str, text: str | None = None, port: int | None = None
+    ) -> Request:
         """POST /api/trigger_bot: ``message_text`` to telegram participant ``identifier`` of the
-        latency-0 chatbot, by the admin's key."""
-        url = f"http://{HOST}:{self.service_port}/api/trigger_bot"
+        latency-0 chatbot, by the admin's key (to ``port``, else the bench's service)."""
+        url = f"http://{HOST}:{port or self.service_port}/api/trigger_bot"
         body = json.dumps({
             "identifier": identifier, "platform": "telegram", "experiment": self.chatbots[0],
             "message_text": text or f"Reminder for {identifier}: your appointment is tomorrow.",
