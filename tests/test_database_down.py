@@ -4,12 +4,16 @@ itself when the database comes back (no restart)."""
 import asyncio
 import contextlib
 import os
+import struct
 
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
+from app.db import make_engine
+from app.errors import _is_unavailable
 from app.main import create_app
 from app.migrate import upgrade_database_sync
 from tests.factories import make_world
@@ -103,3 +107,66 @@ async def test_postgres_connection_lost_then_restored(database_url, fake_llm):
         r = await client.post(world.url, json={"message": "up again"}, headers=world.headers)
         assert r.status_code == 200, r.text
         await proxy.cut()
+
+
+class _StartingPostgres:
+    """A loopback server that speaks just enough of PostgreSQL's protocol to answer every
+    connection as a server in crash recovery does: FATAL 57P03 "the database system is
+    starting up" (what the service meets in the first moments after PostgreSQL restarts)."""
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            length, code = struct.unpack("!ii", await reader.readexactly(8))
+            if code == 80877103:  # SSLRequest: no SSL, then the startup message
+                writer.write(b"N")
+                (length,) = struct.unpack("!i", await reader.readexactly(4))
+                await reader.readexactly(length - 4)
+            else:
+                await reader.readexactly(length - 8)
+            fields = b"".join(k + v.encode() + b"\0" for k, v in (
+                (b"S", "FATAL"), (b"V", "FATAL"), (b"C", "57P03"),
+                (b"M", "the database system is starting up")))  # fmt: skip
+            body = fields + b"\0"
+            writer.write(b"E" + struct.pack("!i", len(body) + 4) + body)
+            await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_postgres_starting_up_answers_503_with_retry_after(fake_llm):
+    fake = _StartingPostgres()
+    port = await fake.start()
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/chatbots"
+        settings = Settings(database_url=url, secret_key="k", auto_migrate=False, _env_file=None)
+        async with _running(settings) as (_, client):
+            r = await client.post(
+                "/channels/api/00000000-0000-0000-0000-000000000000/incoming_message",
+                json={"message": "hi"}, headers={"X-api-key": "abcdefgh." + "x" * 40},
+            )  # fmt: skip
+            assert r.status_code == 503, r.text
+            assert r.json() == UNAVAILABLE
+            assert r.headers["retry-after"] == "5"
+    finally:
+        await fake.stop()
+
+
+async def test_sqlalchemy_error_of_a_starting_postgres_counts_as_unavailable():
+    fake = _StartingPostgres()
+    port = await fake.start()
+    engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/chatbots", pool_size=1, max_overflow=0)
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.connect():
+                pass
+        assert _is_unavailable(raised.value)
+    finally:
+        await engine.dispose()
+        await fake.stop()
