@@ -6,16 +6,19 @@ import contextlib
 import os
 import struct
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
-from app.db import make_engine
-from app.errors import _is_unavailable
+from app.db import driver_dsn, make_driver_pool, make_engine
+from app.errors import ServiceUnavailable, _is_unavailable
 from app.main import create_app
 from app.migrate import upgrade_database_sync
+from app.stores.listen import SessionListener
+from app.stores.postgres_store import PostgresStore
 from tests.factories import make_world
 
 UNAVAILABLE = {"detail": "Service temporarily unavailable."}
@@ -170,3 +173,28 @@ async def test_sqlalchemy_error_of_a_starting_postgres_counts_as_unavailable():
     finally:
         await engine.dispose()
         await fake.stop()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CHATBOTS_TEST_DATABASE_URL", "").startswith("postgresql"),
+    reason="needs the PostgreSQL test server",
+)
+async def test_a_connection_broken_mid_operation_is_a_503_and_leaves_the_pool(database_url):
+    """asyncpg's InternalClientError ("cannot switch to state ...; another operation is in
+    progress") is what a pooled connection whose server was SIGKILLed mid-operation raised in
+    bench/outage.py: the store answers 503 and drops the pool's connections, not a 500. (The
+    crash's timing cannot be reproduced on demand, so the driver's error is raised on a real
+    pooled connection here.)"""
+    pool = await make_driver_pool(database_url, 2)
+    assert pool is not None
+    store = PostgresStore(pool, SessionListener(driver_dsn(database_url)))
+    try:
+        with pytest.raises(ServiceUnavailable):
+            async with store._connection() as conn:
+                broken = conn.get_server_pid()
+                raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+        async with store._connection() as conn:  # a new connection: the broken one is not handed out again
+            assert conn.get_server_pid() != broken
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
