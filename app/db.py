@@ -15,6 +15,16 @@ if TYPE_CHECKING:
     from app.config import Settings
 
 T = TypeVar("T")
+# What the driver raises when the database is away rather than wrong: a connection refused or
+# lost, and the server's own "go away" errors while it shuts down (57P01), after another
+# backend crashed (57P02) and while it recovers from a crash ("the database system is starting
+# up", 57P03: the first seconds after a restart). And asyncpg's InternalClientError ("cannot
+# switch to state 12; another operation is in progress"): a pooled connection whose server was
+# killed in the middle of an operation, met at the crash (bench/outage.py saw a 500 from it).
+DB_GONE = (
+    OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError, asyncpg.InternalClientError,
+)  # fmt: skip
 # Execution option of connections that only read: on SQLite they begin a deferred transaction,
 # which takes no write lock (app.stores.sqlalchemy_store).
 READ_ONLY = "chatbots_read_only"

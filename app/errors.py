@@ -15,6 +15,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import DB_GONE
+
 log = logging.getLogger(__name__)
 
 
@@ -141,4 +143,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    # SQLAlchemy's asyncpg adapter wraps the server's "go away" errors (e.g. "the database
+    # system is starting up" after a crash) as a plain DBAPIError: the driver's own error,
+    # the adapted error's cause, says what it was.
+    driver_error = getattr(exc.orig, "__cause__", None)
+    return (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+            or isinstance(driver_error, DB_GONE))  # fmt: skip

@@ -33,18 +33,26 @@ def free_port() -> int:
 
 
 def serve(
-    cwd: Path, port: int, *, settings: dict[str, str] | None = None, workers: int = 1
+    cwd: Path, port: int, *, settings: dict[str, str] | None = None, workers: int = 1,
+    log: Path | None = None,
 ) -> subprocess.Popen[str]:
-    """``chatbots serve`` with only the given ``CHATBOTS_*`` settings (none: the embedded default)."""
+    """``chatbots serve`` with only the given ``CHATBOTS_*`` settings (none: the embedded default).
+    Its output is a pipe to read, or the file ``log`` (a server that logs a lot, e.g. a warning
+    per 503, would stall on a pipe nobody reads)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBOTS_")}
     env.pop("OPENAI_API_KEY", None)
     env.pop("ANTHROPIC_API_KEY", None)
     env.update({f"CHATBOTS_{name.upper()}": value for name, value in (settings or {}).items()})
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        cwd=cwd, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    out = log.open("ab") if log else None  # the child keeps its own copy of the descriptor
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=cwd, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)},
+            stdout=out or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    finally:
+        if out is not None:
+            out.close()
 
 
 def wait_until_healthy(port: int, seconds: float = 20) -> None:

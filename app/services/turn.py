@@ -15,6 +15,7 @@ decision of a turn, written once, over a store (``app.stores``: PostgreSQL or SQ
 5. The reply is stored, the session updated and its lease released in one write.
 """
 
+import asyncio
 import contextlib
 import dataclasses
 import uuid
@@ -118,6 +119,8 @@ async def run_turn(
         return again.participant_id if again is not None else None
 
     async with contextlib.AsyncExitStack() as queue:
+        # The lease this turn takes ends no earlier than this: its release may be retried until then.
+        lease_floor = _lease_end(settings, utcnow())
         claim = await _claim(store, settings, ask, queue, find_participant)
         ask = dataclasses.replace(ask, participant_id=claim.participant_id)
         released = False
@@ -133,7 +136,7 @@ async def run_turn(
             return result
         finally:
             if not released:
-                await _quietly(store.release(claim.id))
+                await _clean_up(lambda: store.release(claim.id), lease_floor)
 
 
 @dataclass(frozen=True)
@@ -301,13 +304,13 @@ async def _claim(
             )
         except BaseException:
             await waited.aclose()
-            await _quietly(store.drop_ticket(ticket))
+            await _clean_up(lambda: store.drop_ticket(ticket), _lease_end(settings, utcnow()))
             raise
         if claim is not None:  # the claim used the ticket up
             queue.push_async_exit(waited)
             return claim
         await waited.aclose()
-        await _quietly(store.drop_ticket(ticket))
+        await _clean_up(lambda: store.drop_ticket(ticket), _lease_end(settings, utcnow()))
         # The session ended while this turn waited (a /reset): the turn goes to the open one.
         if ask.external_id is not None:
             raise BadRequest(SESSION_ENDED)
@@ -336,10 +339,33 @@ def _lease_end(settings: Settings, now: datetime) -> datetime:
     return now + timedelta(seconds=settings.session_lease_seconds)
 
 
-async def _quietly(write: Awaitable[None]) -> None:
-    """A clean-up write that may fail with the database: a lease or a ticket then expires."""
-    with contextlib.suppress(Exception):
-        await write
+# Clean-up writes being retried in the background (referenced so that they are not collected).
+_RETRYING: set["asyncio.Task[None]"] = set()
+CLEAN_UP_RETRY_SECONDS = 0.5
+
+
+async def _clean_up(write: Callable[[], Awaitable[None]], until: datetime) -> None:
+    """A clean-up write (a lease given back, a ticket dropped) that may fail with the database.
+    It is then retried in the background until ``until``, when the lease or ticket lapses by
+    itself: otherwise a PostgreSQL crash would leave the session of every turn in flight at
+    that moment blocked for the whole lease (``session_lease_seconds``, 120 s) after the
+    database is back, every later message of it waiting or answering 503."""
+    try:
+        await write()
+    except Exception:
+        task = asyncio.create_task(_retry_until(write, until))
+        _RETRYING.add(task)
+        task.add_done_callback(_RETRYING.discard)
+
+
+async def _retry_until(write: Callable[[], Awaitable[None]], until: datetime) -> None:
+    while utcnow() < until:
+        await asyncio.sleep(CLEAN_UP_RETRY_SECONDS)
+        try:
+            await write()
+            return
+        except Exception:
+            continue
 
 
 async def _summarize(

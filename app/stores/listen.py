@@ -14,9 +14,10 @@ from typing import Any
 
 import asyncpg
 
+from app.db import DB_GONE
+
 log = logging.getLogger(__name__)
 SESSION_RELEASED_CHANNEL = "chatbots_session_released"
-DB_GONE = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
 
 
 class Listener:

@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app.db import DB_GONE
 from app.errors import ServiceUnavailable
 from app.models import MessageRole, SessionStatus
 from app.stores import statements as st
@@ -60,7 +61,7 @@ from app.stores.base import (
     TurnTarget,
 )
 from app.stores.compiled import CompiledStatement
-from app.stores.listen import DB_GONE, SESSION_RELEASED_CHANNEL, SessionListener
+from app.stores.listen import SESSION_RELEASED_CHANNEL, SessionListener
 
 log = logging.getLogger(__name__)
 S, M = st.SESSION, st.MESSAGE
