@@ -150,7 +150,7 @@ async def place(store: TurnStore, world: World) -> Place:
 async def started(place: Place) -> Claim:
     """A participant's first message, its session released since: an open, free session."""
     claim = await place.first_contact("first")
-    await place.store.release(claim.id)
+    await place.store.release(claim.id, claim.lease_until)
     return claim
 
 
@@ -476,13 +476,27 @@ async def test_a_held_lease_is_not_claimed_until_released(place: Place, db: Any,
     assert await store.claim(place.ask(pid, "by id, busy", session_id=started.id)) is None
     assert await snapshot(db, place.team_id) == before
 
-    await store.release(started.id)
+    await store.release(started.id, held.lease_until)
     assert (await session_row(db, started.id)).lease_until is None
     assert without_leases(await snapshot(db, place.team_id)) == without_leases(before)  # nothing else
 
     again = await store.claim(place.ask(pid, "after release"))
     assert again is not None and again.id == started.id
     assert await contents_of(db, started.id) == ["first", "holder", "after release"]
+
+
+async def test_a_release_of_an_earlier_lease_leaves_the_current_holder_alone(place: Place, db: Any, started: Claim) -> None:
+    # A turn whose release was retried after a crash (its own final write had committed) must
+    # not free the lease a later turn has taken since.
+    store, pid = place.store, started.participant_id
+    held = await store.claim(place.ask(pid, "holder"))
+    assert held is not None and held.lease_until != started.lease_until
+    await store.release(started.id, started.lease_until)  # the earlier turn's, late
+    assert (await session_row(db, started.id)).lease_until is not None
+    assert await store.claim(place.ask(pid, "while still held")) is None
+
+    await store.release(started.id, held.lease_until)
+    assert await store.claim(place.ask(pid, "after the holder's release")) is not None
 
 
 async def test_claim_by_session_id(place: Place, db: Any, started: Claim) -> None:
@@ -536,10 +550,11 @@ async def test_waiting_turns_tickets_are_served_lowest_first(place: Place, db: A
 
     claim = await store.claim(place.ask(pid, "first", session_id=started.id, ticket=first))
     assert claim is not None and claim.id == started.id
-    await store.release(started.id)
+    await store.release(started.id, claim.lease_until)
     assert await store.claim(place.ask(pid, "newcomer again")) is None  # the second still waits
-    assert await store.claim(place.ask(pid, "second", session_id=started.id, ticket=second)) is not None
-    await store.release(started.id)
+    second_claim = await store.claim(place.ask(pid, "second", session_id=started.id, ticket=second))
+    assert second_claim is not None
+    await store.release(started.id, second_claim.lease_until)
     assert await store.claim(place.ask(pid, "newcomer at last")) is not None
     assert await contents_of(db, started.id) == ["first", "first", "second", "newcomer at last"]
     async with db() as s:
@@ -558,7 +573,7 @@ async def test_a_dropped_or_expired_ticket_no_longer_counts(place: Place, starte
 async def test_a_named_session_is_claimed_only_by_its_owner(place: Place, db: Any, started: Claim) -> None:
     pid = started.participant_id
     other = await place.first_contact("other's first", identifier="other@example.com")
-    await place.store.release(other.id)
+    await place.store.release(other.id, other.lease_until)
     before = await snapshot(db, place.team_id)
     assert await place.store.claim(place.ask(pid, "not mine", external_id=other.external_id)) is None
     assert await place.store.claim(place.ask(pid, "unknown", external_id=str(uuid.uuid4()))) is None
@@ -684,7 +699,7 @@ async def test_claim_returns_the_visible_history_newest_first(place: Place, db: 
     claim = await place.store.claim(place.ask(pid, "new", history_limit=3, now=later))
     assert claim.history == [StoredMessage(a4, "ai", "a4"), StoredMessage(h3, "human", "h3"),
                              StoredMessage(a2, "ai", "a2")]  # fmt: skip
-    await place.store.release(started.id)
+    await place.store.release(started.id, claim.lease_until)
 
     [first] = [m.id for m in await messages_of(db, started.id) if m.content == "first"]
     [new] = [m.id for m in await messages_of(db, started.id) if m.content == "new"]
@@ -692,11 +707,11 @@ async def test_claim_returns_the_visible_history_newest_first(place: Place, db: 
     assert [(m.id, m.content) for m in claim.history] == [
         (new, "new"), (a4, "a4"), (h3, "h3"), (a2, "a2"), (a1, "a1"), (first, "first")
     ]
-    await place.store.release(started.id)
+    await place.store.release(started.id, claim.lease_until)
 
     claim = await place.store.claim(place.ask(pid, "no history", history_limit=0, now=later + timedelta(seconds=2)))
     assert claim is not None and claim.history == []
-    await place.store.release(started.id)
+    await place.store.release(started.id, claim.lease_until)
 
     waited = place.ask(pid, "waited", history_limit=2, session_id=started.id, now=later + timedelta(seconds=3))
     claim = await place.store.claim(waited)  # a waiting turn's claim reads the history too
@@ -734,7 +749,7 @@ async def test_claim_returns_the_session_state_and_the_participants_data_for_thi
         await s.commit()
     claim = await place.store.claim(place.ask(started.participant_id, "hi"))
     assert (claim.participant_data, claim.state) == (stored, {"step": 2, "answers": ["a"]})
-    await place.store.release(started.id)
+    await place.store.release(started.id, claim.lease_until)
     claim = await place.store.claim(place.ask(started.participant_id, "hi", session_id=started.id))
     assert (claim.participant_data, claim.state) == (stored, {"step": 2, "answers": ["a"]})
 
@@ -829,7 +844,7 @@ async def test_reset_with_the_request_whose_claim_created_the_session(place: Pla
     try:
         new_external_id = await place.store.reset(claim.id, request, "pending-review")
     finally:
-        await place.store.release(claim.id)
+        await place.store.release(claim.id, claim.lease_until)
     old, new = await sessions_of(db, place.team_id)
     assert old.ended_at is not None and new.ended_at is None
     assert new.external_id == new_external_id != claim.external_id
@@ -920,7 +935,7 @@ async def test_use_api_key_records_a_valid_keys_use_once_a_minute(store: TurnSto
 
 async def release_by(how: str, place: Place, claim: Claim) -> None:
     if how == "release":
-        await place.store.release(claim.id)
+        await place.store.release(claim.id, claim.lease_until)
     elif how == "save":
         now = utcnow()
         update_ = SessionUpdate("active", now, [1], None, None, release=True)
@@ -960,10 +975,11 @@ async def test_a_waiter_wakes_when_the_lease_is_released(place: Place, db: Any, 
 async def test_a_release_before_the_wait_is_not_missed(place: Place, started: Claim) -> None:
     """Entered before the failed claim, the watch sees a release that happens before wait()."""
     store, pid = place.store, started.participant_id
-    assert await store.claim(place.ask(pid, "holder")) is not None
+    holder = await store.claim(place.ask(pid, "holder"))
+    assert holder is not None
     async with store.watch_releases(started.id) as released:
         assert await store.claim(place.ask(pid, "waiter", session_id=started.id)) is None
-        await store.release(started.id)
+        await store.release(started.id, holder.lease_until)
         await asyncio.sleep(0.1)
         start = time.monotonic()
         await asyncio.wait_for(released.wait(5.0), 10)
@@ -973,7 +989,8 @@ async def test_a_release_before_the_wait_is_not_missed(place: Place, started: Cl
 
 async def test_every_waiter_of_the_session_wakes(place: Place, started: Claim) -> None:
     store = place.store
-    assert await store.claim(place.ask(started.participant_id, "holder")) is not None
+    holder = await store.claim(place.ask(started.participant_id, "holder"))
+    assert holder is not None
 
     async def wait() -> float:
         async with store.watch_releases(started.id) as released:
@@ -987,7 +1004,7 @@ async def test_every_waiter_of_the_session_wakes(place: Place, started: Claim) -
     await asyncio.sleep(0.1)  # both are watching
     ready.set()
     await asyncio.sleep(0.1)
-    await store.release(started.id)
+    await store.release(started.id, holder.lease_until)
     assert all(waited < 1.0 for waited in await asyncio.gather(*waiters))
 
 
@@ -1068,7 +1085,7 @@ async def test_load_widget_target_is_the_widget_channel_and_the_named_sessions_p
 ) -> None:
     claim = await widget_place.store.claim(widget_place.ask(None))
     assert claim is not None
-    await widget_place.store.release(claim.id)
+    await widget_place.store.release(claim.id, claim.lease_until)
 
     target = await widget_place.load(claim.external_id)
     assert target is not None and target.bot is not None

@@ -136,7 +136,7 @@ async def run_turn(
             return result
         finally:
             if not released:
-                await _clean_up(lambda: store.release(claim.id), lease_floor)
+                await _clean_up(lambda: store.release(claim.id, claim.lease_until), lease_floor)
 
 
 @dataclass(frozen=True)

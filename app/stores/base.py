@@ -155,6 +155,9 @@ class Claim:
     summary_until_id: int | None
     history: list[StoredMessage]
     participant_data: dict[str, Any]
+    # The lease taken (the request's ``lease_until``): what ``release`` gives back, and only if
+    # the session still holds this one.
+    lease_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +282,10 @@ class TurnStore(Protocol):
     ) -> None:
         """Store the messages (in order) and write the session row, in one transaction."""
 
-    async def release(self, session_id: int) -> None:
-        """Give the session's lease back, nothing else written."""
+    async def release(self, session_id: int, lease_until: datetime) -> None:
+        """Give the session's lease back, nothing else written, if it is still the lease that
+        ended at ``lease_until`` (the caller's): a release retried after the database came back
+        must not free a lease another turn has taken since."""
 
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
         """End the (claimed) session, release it and open a new one for the same owner;

@@ -321,7 +321,7 @@ class PostgresStore:
         if row is None:
             return None
         history = [StoredMessage(m[0], m[1], m[2]) for m in row["history"]]
-        return st.claim_from_row(row, history, row["participant_data"])
+        return st.claim_from_row(row, history, row["participant_data"], request.lease_until)
 
     async def take_ticket(self, session_id: int, now: datetime) -> int:
         async with self._connection() as conn:
@@ -371,9 +371,9 @@ class PostgresStore:
         async with self._connection() as conn:
             await _SAVE.execute(conn, params)
 
-    async def release(self, session_id: int) -> None:
+    async def release(self, session_id: int, lease_until: datetime) -> None:
         async with self._connection() as conn:
-            await _RELEASE.execute(conn, {"session_id": session_id})
+            await _RELEASE.execute(conn, {"session_id": session_id, "held_until": lease_until})
 
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
         params = {**st.reset_params(request), "session_id": session_id, "status": ended_status}

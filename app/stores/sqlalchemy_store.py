@@ -149,7 +149,7 @@ class SqlAlchemyStore:
                     insert(st.MESSAGE),
                     st.message_values(session["id"], NewMessage("human", request.human), request.now),
                 )
-        return st.claim_from_row(session, history, data)
+        return st.claim_from_row(session, history, data, request.lease_until)
 
     async def _claim_or_create(
         self, conn: AsyncConnection, request: ClaimRequest, params: dict[str, Any]
@@ -237,9 +237,9 @@ class SqlAlchemyStore:
                 )
             await conn.execute(st.UPDATE_SESSION, st.update_params(session_id, update))
 
-    async def release(self, session_id: int) -> None:
+    async def release(self, session_id: int, lease_until: datetime) -> None:
         async with self._write() as conn:
-            await conn.execute(st.RELEASE, {"session_id": session_id})
+            await conn.execute(st.RELEASE, {"session_id": session_id, "held_until": lease_until})
 
     async def reset(self, session_id: int, request: ClaimRequest, ended_status: str) -> str:
         params = st.reset_params(request)

@@ -7,6 +7,7 @@ Bind parameters have the same names everywhere: ``team_id``, ``chatbot_id``, ``c
 """
 
 import uuid
+from datetime import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -295,7 +296,12 @@ CLAIM_BY_ID = claim_update(SESSION.c.id == SESSION_ID)
 CLAIM_OWNER = claim_update(*OWNER, NAMED_OR_OPEN)
 FIND_SESSION = select(SESSION.c.id, SESSION.c.ended_at).where(*OWNER, NAMED_OR_OPEN)
 SESSION_ENDED_AT = select(SESSION.c.ended_at).where(SESSION.c.id == SESSION_ID)
-RELEASE = update(SESSION).where(SESSION.c.id == SESSION_ID).values(lease_until=None)
+# Only the caller's own lease (its end, ``held_until``): see TurnStore.release.
+RELEASE = (
+    update(SESSION)
+    .where(SESSION.c.id == SESSION_ID, SESSION.c.lease_until == bindparam("held_until", type_=_TIME))
+    .values(lease_until=None)
+)
 _RELEASE_FLAG = bindparam("release", type_=Boolean)
 UPDATE_SESSION = (
     update(SESSION)
@@ -409,9 +415,10 @@ PARTICIPANT_DATA_OF = select(PARTICIPANT_DATA.c.data).where(
 
 
 def claim_from_row(
-    session: Mapping[str, Any], history: list[StoredMessage], participant_data: Any
+    session: Mapping[str, Any], history: list[StoredMessage], participant_data: Any, lease_until: datetime
 ) -> Claim:
-    """A claim from a row of ``SESSION_COLUMNS`` and what was read with it."""
+    """A claim from a row of ``SESSION_COLUMNS`` and what was read with it (its lease ends at
+    ``lease_until``, the claim request's)."""
     return Claim(
         id=session["id"],
         external_id=session["external_id"],
@@ -423,6 +430,7 @@ def claim_from_row(
         summary_until_id=session["summary_until_id"],
         history=history,
         participant_data=participant_data or {},
+        lease_until=lease_until,
     )
 
 
