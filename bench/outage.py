@@ -39,7 +39,7 @@ from bench.common import FRESH_USER, HOST, N_LOAD_USERS, PY, TELEGRAM_BOT_TOKEN,
 from bench.harness import Bench
 from bench.loadgen import Request, run_load
 from bench.processes import wait_listening
-from bench.trigger import _dsn, running_service
+from bench.trigger import dsn, running_service
 
 CONCURRENCY = 16
 RECOVERY_TARGET_S = 5.0
@@ -123,7 +123,7 @@ async def _run(bench: Bench, plan: dict[str, float], fake_base: str) -> dict[str
             pgcrash.server_options(bench.pg))))  # fmt: skip
         while True:  # "back": the first new connection accepted
             try:
-                conn = await asyncpg.connect(_dsn(bench), timeout=1)
+                conn = await asyncpg.connect(dsn(bench), timeout=1)
                 await conn.close()
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -202,7 +202,7 @@ async def _missing_messages(bench: Bench, texts: list[str]) -> list[str]:
     """The texts answered 200 that lack their human message followed by an AI message."""
     import asyncpg
 
-    conn = await asyncpg.connect(_dsn(bench))
+    conn = await asyncpg.connect(dsn(bench))
     try:
         rows = await conn.fetch(
             "WITH m AS (SELECT content, role, lead(role) OVER (PARTITION BY session_id"

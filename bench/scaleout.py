@@ -36,7 +36,7 @@ from bench.harness import Bench
 from bench.loadgen import Client, Request, run_load
 from bench.processes import Proc, chatbots_cmd
 from bench.sampling import CLK_TCK, CpuMeter, children_of, cpu_ticks
-from bench.trigger import _dsn, _fake_stats, _reset_fake, _wait_sent
+from bench.trigger import dsn, fake_stats, reset_fake, wait_sent
 
 RATIO_TARGET = 1.6
 SCALE_USER_PREFIX = "bench-scale"
@@ -237,15 +237,15 @@ async def _duplicates(bench: Bench, keys: list[str], triggers: int) -> dict[str,
     import asyncpg
 
     tag = f"scale-{bench.ts}"
-    await _reset_fake(bench)
+    await reset_fake(bench)
     async with topology(bench, 2, "dup") as topo:
         ticks0 = [cpu_ticks(p.pid) for p in topo.workers]
         t0 = time.perf_counter()
         first, sent_through = await asyncio.gather(
             _first_messages(bench, topo.ports, keys), _triggers(bench, topo.ports, tag, triggers))
-        conn = await asyncpg.connect(_dsn(bench))
+        conn = await asyncpg.connect(dsn(bench))
         try:
-            sent = await _wait_sent(conn, f"{tag}-%", triggers, time.perf_counter() + DUPLICATES_TIMEOUT_S)
+            sent = await wait_sent(conn, f"{tag}-%", triggers, time.perf_counter() + DUPLICATES_TIMEOUT_S)
             seconds = time.perf_counter() - t0
             worker_cpu_s = [round((cpu_ticks(p.pid) - t) / CLK_TCK, 2)
                             for p, t in zip(topo.workers, ticks0, strict=True)]  # fmt: skip
@@ -270,7 +270,7 @@ async def _duplicates(bench: Bench, keys: list[str], triggers: int) -> dict[str,
             await conn.close()
         stats = Client(Request.build("GET", f"http://{HOST}:{bench.fake_telegram_port}/_stats"), 10.0)
         try:
-            fake = await _fake_stats(stats, chats=True)
+            fake = await fake_stats(stats, chats=True)
         finally:
             stats.close()
     per_user = [dict(r) for r in users]
@@ -352,8 +352,12 @@ def targets(results: dict[str, Any], add: Any) -> None:
         f"{d['fake_exactly_once']}/{d['triggers']} chats received once, {d['fake_duplicates']} "
         f"duplicates, {d['db']['sent']} rows sent, {d['db']['retried']} retried", d["ok"])  # fmt: skip
     v = sc["verdict"]
+    # PASS either way the issue allows: the ratio reached, or a measured reason it cannot be
+    # here (the measured text says which).
+    met = "reached" if v["ratio"] >= RATIO_TARGET else (
+        "not reached, machine-bound" if v["ok"] else "not reached, and not explained by the machine")
     add(f"Scale-out: throughput 2+2 / 1+1 processes >= {RATIO_TARGET}× or the reason it cannot be",
-        _reason(v), v["ok"])
+        f"{met}: {_reason(v)}", v["ok"])
 
 
 def section(results: dict[str, Any]) -> list[str]:

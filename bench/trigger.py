@@ -80,7 +80,7 @@ async def running_service(bench: Bench, name: str, env: dict[str, str]) -> Async
         bench.service, bench.service_port = saved
 
 
-def _dsn(bench: Bench) -> str:
+def dsn(bench: Bench) -> str:
     return bench.pg.url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
@@ -244,7 +244,7 @@ async def deliveries(bench: Bench) -> None:
     }
 
 
-async def _fake_stats(client: Client, chats: bool = False) -> dict[str, Any]:
+async def fake_stats(client: Client, chats: bool = False) -> dict[str, Any]:
     status, body = await client.call(client.request if not chats else Request.build(
         "GET", f"http://{client.request.host}:{client.request.port}/_stats?chats=1"))  # fmt: skip
     if status != 200:
@@ -252,14 +252,14 @@ async def _fake_stats(client: Client, chats: bool = False) -> dict[str, Any]:
     return json.loads(body)
 
 
-async def _reset_fake(bench: Bench) -> None:
+async def reset_fake(bench: Bench) -> None:
     status, _ = await _call(Request.build(
         "DELETE", f"http://{HOST}:{bench.fake_telegram_port}/_stats"))  # fmt: skip
     if status != 200:
         raise RuntimeError(f"fake Telegram reset: {status}")
 
 
-async def _wait_sent(conn: Any, pattern: str, n: int, deadline: float) -> int:
+async def wait_sent(conn: Any, pattern: str, n: int, deadline: float) -> int:
     """Poll the database until ``n`` deliveries to recipients LIKE ``pattern`` are sent (or the
     deadline); returns the last count."""
     sent = 0
@@ -283,17 +283,17 @@ async def _delivery_round(
     c = TRIGGER_CONCURRENCY
     tag = f"tgd-{setting or 'd'}-{trial}"
     pid = bench.service_pid()
-    conn = await asyncpg.connect(_dsn(bench))
+    conn = await asyncpg.connect(dsn(bench))
     stats_client = Client(Request.build("GET", f"http://{HOST}:{bench.fake_telegram_port}/_stats"),
                           timeout=10.0)  # fmt: skip
     try:
         # Warm-up: the worker's first claims, connections and statements, then forgotten.
         warm = [bench.trigger_request(f"{tag}-w{i:04d}") for i in range(cell_warmup(c))]
         await run_load(warm, concurrency=c, total=len(warm), duration=60, shared=True)
-        got = await _wait_sent(conn, f"{tag}-w%", len(warm), time.perf_counter() + 60)
+        got = await wait_sent(conn, f"{tag}-w%", len(warm), time.perf_counter() + 60)
         if got < len(warm):
             raise RuntimeError(f"deliveries warm-up: only {got} of {len(warm)} sent in 60 s")
-        await _reset_fake(bench)
+        await reset_fake(bench)
 
         requests = [bench.trigger_request(f"{tag}-m{i:05d}") for i in range(n)]
         meter = CpuMeter(pid, bench.pg, bench.fake_telegram.pid if bench.fake_telegram else 0)
@@ -307,7 +307,7 @@ async def _delivery_round(
             client = Client(stats_client.request, timeout=10.0)
             try:
                 while not stop.is_set():
-                    stats = await _fake_stats(client)
+                    stats = await fake_stats(client)
                     timeline.append((round(time.perf_counter() - t0, 3), stats["answered"]))
                     peak_rss["kb"] = max(peak_rss["kb"], proc_status(pid).get("VmRSS", 0))
                     with contextlib.suppress(TimeoutError):
@@ -324,19 +324,19 @@ async def _delivery_round(
             result = await run_load(requests, concurrency=c, total=n, duration=TRIGGER_PHASE_CAP_S,
                                     shared=True)  # fmt: skip
             t_triggered = time.perf_counter()
-            at_triggered = (await _fake_stats(stats_client))["answered"]
+            at_triggered = (await fake_stats(stats_client))["answered"]
             deadline = t_triggered + DRAIN_TIMEOUT_S
             while time.perf_counter() < deadline:
-                if (await _fake_stats(stats_client))["answered"] >= n:
+                if (await fake_stats(stats_client))["answered"] >= n:
                     break
                 await asyncio.sleep(DB_POLL_S)
-            sent = await _wait_sent(conn, f"{tag}-m%", n, deadline)
+            sent = await wait_sent(conn, f"{tag}-m%", n, deadline)
             t_end = time.perf_counter()
         finally:
             stop.set()
             await poller
         cpu = meter.stop()
-        fake = await _fake_stats(stats_client, chats=True)
+        fake = await fake_stats(stats_client, chats=True)
         row = await conn.fetchrow(
             "SELECT count(*) AS rows, count(*) FILTER (WHERE status = 'sent') AS sent,"
             " count(*) FILTER (WHERE status <> 'sent') AS not_sent,"
@@ -477,7 +477,7 @@ async def delivery_sql_trace(bench: Bench, deliveries: int = 3) -> None:
             "GET", f"http://{HOST}:{bench.fake_telegram_port}/_stats"), timeout=10.0)  # fmt: skip
         try:
             deadline = time.perf_counter() + 30
-            while (await _fake_stats(stats_client))["answered"] < len(warm) and \
+            while (await fake_stats(stats_client))["answered"] < len(warm) and \
                     time.perf_counter() < deadline:  # fmt: skip
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
@@ -486,12 +486,12 @@ async def delivery_sql_trace(bench: Bench, deliveries: int = 3) -> None:
             await asyncio.sleep(0.5)
             try:
                 for i in range(deliveries):
-                    await _reset_fake(bench)
+                    await reset_fake(bench)
                     before = log_path.stat().st_size
                     t0 = time.perf_counter()
                     status, _ = await _call(bench.trigger_request(f"tgs-{i:03d}"))
                     t_trigger = time.perf_counter()
-                    while (await _fake_stats(stats_client))["answered"] < 1 and \
+                    while (await fake_stats(stats_client))["answered"] < 1 and \
                             time.perf_counter() < t0 + 10:  # fmt: skip
                         await asyncio.sleep(0.002)
                     t_sent = time.perf_counter()
@@ -553,7 +553,7 @@ async def _sample_pg_waits(bench: Bench, stop: asyncio.Event) -> dict[str, Any]:
     (wait_event_type:wait_event), and idle in transaction."""
     import asyncpg
 
-    conn = await asyncpg.connect(_dsn(bench))
+    conn = await asyncpg.connect(dsn(bench))
     seen: Counter[str] = Counter()
     samples = 0
     try:
