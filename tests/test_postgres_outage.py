@@ -32,7 +32,7 @@ from bench import pgcrash
 from bench.processes import Postgres
 from tests.factories import add_key, add_user, make_world
 from tests.server import free_port, serve, wait_until_healthy
-from tests.test_delivery_processes import BOT_TOKEN, SECRET_KEY, ThreadedTelegram
+from tests.worker_processes import BOT_TOKEN, SECRET_KEY, ThreadedTelegram
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CHATBOTS_TEST_DATABASE_URL", "").startswith("postgresql"),

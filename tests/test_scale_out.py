@@ -5,7 +5,7 @@ user's first messages arriving at both APIs at once, and deliveries triggered th
 and sent by two workers.
 
 The database, the loopback fake Telegram and the worker processes are those of
-tests/test_delivery_processes.py (its ``env`` fixture); tests/test_real_server.py covers one
+tests/worker_processes.py (its ``env`` fixture); tests/test_real_server.py covers one
 server's two worker processes taking one session's turns, so here every session is new.
 
 On SQLite too: compose's topology is PostgreSQL, but the README promises that several processes
@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from app.models import ChatMessage, ChatSession, Delivery, Participant
 from tests.factories import add_key, add_user
 from tests.server import free_port, serve, wait_until_healthy
-from tests.test_delivery_processes import SECRET_KEY, Env, env, stop_all  # noqa: F401 (env: a fixture)
+from tests.worker_processes import SECRET_KEY, Env, env, stop_all  # noqa: F401 (env: a fixture)
 
 USERS = 12
 MESSAGES_PER_USER = 4  # first messages per user, sent together, alternating over the two APIs
