@@ -135,3 +135,14 @@ async def add_widget(
         await session.commit()
         key = decrypt_config(channel.config, settings.effective_secret_key)["widget_token"]
         return Widget(channel.id, key)
+
+
+async def add_telegram_channel(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, world: World, bot_token: str
+) -> None:
+    """The world's chatbot on Telegram, made as the CLI makes it (``create_channel``)."""
+    from app.services.admin import create_channel
+
+    async with sessionmaker() as session:
+        await create_channel(session, settings, world.chatbot.public_id, "telegram", config={"bot_token": bot_token})
+        await session.commit()

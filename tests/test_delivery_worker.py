@@ -24,7 +24,7 @@ from app.models import Channel, ChatMessage, Delivery, Participant, ParticipantD
 from app.services.admin_channels import create_channel
 from app.services.bot_message import INSTRUCTION
 from app.services.delivery_worker import DeliveryWorker
-from tests.factories import World, make_world
+from tests.factories import World, add_telegram_channel, make_world
 from tests.own_database import own_database
 
 BOT_TOKEN = "123456:worker-test"
@@ -137,10 +137,7 @@ async def env(tmp_path, fake_llm) -> AsyncIterator[Env]:  # type: ignore[no-unty
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             world = await make_world(app.state.sessionmaker, settings, api_base=fake_llm.base_url)
-            async with app.state.sessionmaker() as s:
-                await create_channel(s, settings, world.chatbot.public_id, "telegram",
-                                     config={"bot_token": BOT_TOKEN})  # fmt: skip
-                await s.commit()
+            await add_telegram_channel(app.state.sessionmaker, settings, world, BOT_TOKEN)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 yield Env(client, app, world, telegram, fake_llm)

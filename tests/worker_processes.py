@@ -27,8 +27,7 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.main import create_app
 from app.models import ChatMessage, Delivery
-from app.services.admin_channels import create_channel
-from tests.factories import World, make_world
+from tests.factories import World, add_telegram_channel, make_world
 from tests.own_database import own_database
 from tests.server import start_worker
 
@@ -223,10 +222,7 @@ async def env(tmp_path: Path, fake_llm: Any) -> AsyncIterator[Env]:
             try:
                 async with app.router.lifespan_context(app):
                     world = await make_world(app.state.sessionmaker, settings, api_base=fake_llm.base_url)
-                    async with app.state.sessionmaker() as s:
-                        await create_channel(s, settings, world.chatbot.public_id, "telegram",
-                                             config={"bot_token": BOT_TOKEN})  # fmt: skip
-                        await s.commit()
+                    await add_telegram_channel(app.state.sessionmaker, settings, world, BOT_TOKEN)
                     transport = httpx.ASGITransport(app=app)
                     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                         yield Env(tmp_path, url, app, client, world, telegram, procs)
