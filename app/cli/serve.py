@@ -91,8 +91,6 @@ def serve(
             err=True,
         )
 
-    import signal
-
     import uvicorn
 
     from app.connection_limits import uvicorn_options

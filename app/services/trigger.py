@@ -89,8 +89,8 @@ async def trigger_bot(
     store: TurnStore,
     principal: Principal,
     body: TriggerBotMessageRequest,
-    idempotency_key: str | None = None,
-    key_seconds: float = 24 * 3600,
+    idempotency_key: str | None,
+    key_seconds: float,
 ) -> TriggerResult:
     """Steps 3–9 of SPEC §3.3 (the caller authorized and validated the request). A key first
     used ``key_seconds`` ago or longer has expired: its delivery lets go of it, and this request

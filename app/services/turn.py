@@ -119,8 +119,6 @@ async def run_turn(
         return again.participant_id if again is not None else None
 
     async with contextlib.AsyncExitStack() as queue:
-        # The lease this turn takes ends no earlier than this: its release may be retried until then.
-        lease_floor = _lease_end(settings, utcnow())
         claim = await _claim(store, settings, ask, queue, find_participant)
         ask = dataclasses.replace(ask, participant_id=claim.participant_id)
         released = False
@@ -136,7 +134,8 @@ async def run_turn(
             return result
         finally:
             if not released:
-                await _clean_up(lambda: store.release(claim.id, claim.lease_until), lease_floor)
+                # Retried, if it must be, until the lease would lapse by itself.
+                await _clean_up(lambda: store.release(claim.id, claim.lease_until), claim.lease_until)
 
 
 @dataclass(frozen=True)
