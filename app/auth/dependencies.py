@@ -23,6 +23,7 @@ from fastapi.security import (
     APIKeyCookie, APIKeyHeader, HTTPBearer, OAuth2AuthorizationCodeBearer, SecurityScopes,
 )  # fmt: skip
 
+from app.auth.oauth.metadata import AUTHORIZE_PATH, TOKEN_PATH
 from app.auth.principal import CredentialContext, CredentialKind, Principal
 from app.auth.rate_limit_http import guard_authentication
 from app.auth.resolvers import Resolver, api_key, cookie, embed_key, oauth
@@ -70,7 +71,7 @@ api_key_scheme = HeaderKey(name="X-api-key", scheme_name="apiKeyAuth", auto_erro
 # the same ``Authorization: Bearer`` header ``bearer_scheme`` reads, and ``_bearer`` tries it
 # as an OAuth token first: the parameter is declared, never resolved twice.
 oauth2_scheme = OAuth2AuthorizationCodeBearer(
-    authorizationUrl="/o/authorize/", tokenUrl="/o/token/", refreshUrl="/o/token/",
+    authorizationUrl=AUTHORIZE_PATH, tokenUrl=TOKEN_PATH, refreshUrl=TOKEN_PATH,
     scheme_name="OAuth2", scopes=SCOPES, auto_error=False,
 )  # fmt: skip
 embed_key_scheme = HeaderKey(name="X-Embed-Key", scheme_name="embedKeyAuth", auto_error=False)
@@ -84,13 +85,10 @@ async def _bearer(store: TurnStore, raw: str, context: CredentialContext) -> Pri
 
 
 def credential_context(request: Request) -> CredentialContext:
-    client = request.client
     return CredentialContext(
         method=request.method,
         headers=request.headers,
         cookies=request.cookies,
-        client_host=client.host if client else None,
-        secure=request.url.scheme == "https",
         cache=request.app.state.runtime.credentials,
     )
 

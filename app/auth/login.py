@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.passwords import hash_password, verify_password
 from app.errors import BadRequest
 from app.models import Membership, Team, User
-from app.services.admin_identity import normalize_email, normalize_slug
+from app.services.admin_identity import find_user, normalize_slug
 
 WRONG_CREDENTIALS = "The email or password is not right. Please try again."
 NO_SUCH_TEAM = "You are not a member of a team with this slug."
@@ -57,10 +57,9 @@ async def _password_matches(password: str, password_hash: str | None) -> bool:
 
 async def _find_user(session: AsyncSession, email: str) -> User | None:
     try:
-        normalized = normalize_email(email)
+        return await find_user(session, email)
     except BadRequest:
         return None  # not an address: no account, and the same answer as any wrong email
-    return await session.scalar(select(User).where(User.email == normalized))
 
 
 async def _choose_team(session: AsyncSession, user_id: int, team_slug: str) -> int:

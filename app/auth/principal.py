@@ -59,7 +59,5 @@ class CredentialContext:
     method: str
     headers: Mapping[str, str]  # case-insensitive, first value of each
     cookies: Mapping[str, str]
-    client_host: str | None
-    secure: bool  # the request came over https (after trusted proxy headers)
     # This process's memory of recent lookups (app.auth.cache); None: always look up.
     cache: "CredentialCache | None" = None

@@ -14,12 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 
+from app.auth.scopes import INTERACT_SCOPE
 from app.errors import NotFound
 from app.security_headers import FRAME_DENIAL, docs_csp
 from app.services.admin_oauth import DOCS_REDIRECT_PATH
 
 router = APIRouter(include_in_schema=False)
-OAUTH2_REDIRECT_PATH = DOCS_REDIRECT_PATH
 
 ASSETS = resources.files("fastapi_swagger") / "resources"
 ASSET_NAMES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
@@ -48,17 +48,17 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         # The Authorize button's OAuth2 flow: authorization code with PKCE (S256), as the
         # server requires, for the public client CHATBOTS_DOCS_OAUTH_CLIENT_ID registered with
         # this page's redirect URI (the demo registers it: app.services.admin_oauth).
-        oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_PATH}",
+        oauth2_redirect_url=f"{root}{DOCS_REDIRECT_PATH}",
         init_oauth={
             "clientId": request.app.state.settings.docs_oauth_client_id,
             "usePkceWithAuthorizationCodeGrant": True,
-            "scopes": "chatbots:interact",
+            "scopes": INTERACT_SCOPE,
         },
     )
     return _with_script_nonce(page)
 
 
-@router.get(OAUTH2_REDIRECT_PATH)
+@router.get(DOCS_REDIRECT_PATH)
 async def swagger_ui_oauth2_redirect() -> HTMLResponse:
     """Where the authorization server sends the browser back to /docs with the code."""
     return _with_script_nonce(get_swagger_ui_oauth2_redirect_html())

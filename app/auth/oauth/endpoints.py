@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
-from app.auth.oauth.records import SECRET_AUTH_METHODS, Client, Token
+from app.auth.oauth.records import SECRET_AUTH_METHODS, TOKEN_AUTH_METHODS, Client, Token
 from app.auth.oauth.tokens import find_token, revoke_family
 from app.models import OAuthClient, User
 
@@ -32,7 +32,7 @@ def _query(server: "OAuthServer", secret: str, hint: str | None) -> Token | None
 
 
 class Revocation(RevocationEndpoint):
-    CLIENT_AUTH_METHODS = [*SECRET_AUTH_METHODS, "none"]
+    CLIENT_AUTH_METHODS = TOKEN_AUTH_METHODS
     server: "OAuthServer"
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:

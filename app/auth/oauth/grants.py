@@ -24,7 +24,7 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from sqlalchemy import select, update
 
-from app.auth.oauth.records import SECRET_AUTH_METHODS, Code, GrantOwner, Token
+from app.auth.oauth.records import SECRET_AUTH_METHODS, TOKEN_AUTH_METHODS, Code, GrantOwner, Token
 from app.auth.oauth.tokens import CODE_PREFIX, find_token, is_active_member, new_secret, revoke_code_tokens, revoke_family
 from app.crypto import constant_time_equal, sha256_hex
 from app.models import OAuthAuthorizationCode
@@ -32,7 +32,6 @@ from app.models import OAuthAuthorizationCode
 if TYPE_CHECKING:
     from app.auth.oauth.server import OAuthServer
 
-TOKEN_AUTH_METHODS = [*SECRET_AUTH_METHODS, "none"]
 _C = OAuthAuthorizationCode.__table__
 
 

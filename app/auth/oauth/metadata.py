@@ -2,8 +2,7 @@
 
 from typing import Any
 
-from app.auth.oauth.grants import TOKEN_AUTH_METHODS
-from app.auth.oauth.records import SECRET_AUTH_METHODS
+from app.auth.oauth.records import SECRET_AUTH_METHODS, TOKEN_AUTH_METHODS
 from app.auth.scopes import SCOPES
 
 AUTHORIZE_PATH = "/o/authorize/"

@@ -17,6 +17,8 @@ from app.crypto import constant_time_equal, sha256_hex
 from app.models import OAuthAuthorizationCode, OAuthClient, OAuthToken
 
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# Every client authentication the token endpoints accept: a secret, or none (a public client).
+TOKEN_AUTH_METHODS = [*SECRET_AUTH_METHODS, "none"]
 
 
 class Client(ClientMixin):

@@ -50,7 +50,7 @@ class FormRequest(OAuth2Request):
 
     ``OAuth2Request.__init__`` is not called: its only work besides setting these attributes is
     refusing a non-https URL, and this process cannot judge that (TLS ends at the proxy in
-    front; ``CredentialContext.secure`` is where the app reads it). Deployments serve over
+    front; ``app.routers.browser.is_https`` is where the app reads it). Deployments serve over
     https; tests and local runs do not."""
 
     def __init__(self, method: str, uri: str, headers: Mapping[str, str], params: Pairs, *, form: bool) -> None:

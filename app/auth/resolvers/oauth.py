@@ -18,7 +18,7 @@ from app.auth.oauth.tokens import ACCESS_TOKEN_PREFIX
 from app.auth.principal import CredentialContext, Principal
 from app.auth.resolvers import remembered, user_principal
 from app.auth.scopes import ALL_SCOPES
-from app.crypto import constant_time_equal, sha256_hex
+from app.crypto import sha256_hex
 from app.db import utcnow
 from app.models import Membership, OAuthClient, OAuthToken, User
 from app.stores.base import TurnStore
@@ -61,7 +61,6 @@ async def resolve(store: TurnStore, raw: str, context: CredentialContext | None 
     row = await remembered(context, cache_key(raw), lookup)
     if (
         row is None
-        or not constant_time_equal(presented, row["access_token_hash"])
         or row["revoked_at"] is not None
         or row["access_expires_at"] <= utcnow()
     ):
