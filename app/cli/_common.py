@@ -62,10 +62,17 @@ def guarded(call: Callable[[], T]) -> T:
     except DomainError as exc:
         fail(exc.detail)
     except (DBAPIError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        reason = one_line(exc)
         if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
             reason += " (run `chatbots db upgrade` first)"
         fail(f"database error: {reason}")
+
+
+def one_line(exc: BaseException) -> str:
+    """A database or driver error in one line: the driver's own first line (SQLAlchemy's
+    wrapper adds the statement and a link), or the error's type when it says nothing."""
+    reason = str(getattr(exc, "orig", None) or exc).strip()
+    return reason.splitlines()[0] if reason else type(exc).__name__
 
 
 def run(

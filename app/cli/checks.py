@@ -10,7 +10,7 @@ that exits, so a database that is still starting is waited for there, not here.
 import asyncio
 from typing import TYPE_CHECKING
 
-from app.cli._common import fail
+from app.cli._common import fail, one_line
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -39,14 +39,14 @@ async def database_problem(settings: "Settings") -> str | None:
         url = make_url(settings.database_url).render_as_string(hide_password=True)
         engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
     except Exception as exc:  # a malformed URL, a driver that is not installed
-        return f"invalid CHATBOTS_DATABASE_URL: {_one_line(exc)}"
+        return f"invalid CHATBOTS_DATABASE_URL: {one_line(exc)}"
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT_SECONDS):
             current = await current_revisions(engine)
     except TimeoutError:
         return f"cannot reach the database at {url}: no answer within {DATABASE_TIMEOUT_SECONDS:.0f} s"
     except Exception as exc:  # refused, unknown host or database, bad password: the driver's words
-        return f"cannot reach the database at {url}: {_one_line(exc)}"
+        return f"cannot reach the database at {url}: {one_line(exc)}"
     finally:
         await engine.dispose()
     needed = head_revisions()
@@ -59,8 +59,3 @@ async def database_problem(settings: "Settings") -> str | None:
         f"the database at {url} is at migration {', '.join(sorted(current))}, this version needs "
         f"{', '.join(sorted(needed))}: {how}"
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    reason = str(getattr(exc, "orig", None) or exc).strip()
-    return reason.splitlines()[0] if reason else type(exc).__name__
