@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(WidgetCorsMiddleware)  # inside RequestIdMiddleware: preflights get an id too
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)  # outside: the 500 of last resort gets them too
+    app.add_middleware(SecurityHeadersMiddleware)  # outside it: its headers wait for RequestIdMiddleware
     app.add_middleware(HeadAsGetMiddleware)  # outermost: everything inside sees a GET
     install_error_handlers(app)
     app.include_router(health.router)

@@ -1,6 +1,6 @@
 """Headers decided while a request is handled that its response must carry whatever it turns
 out to be: the handler's return, an error handler's JSON, or the 500 of last resort (the rate
-limits' ``X-RateLimit-*``). They wait in the request's ASGI state;
+limits' ``X-RateLimit-*``, the security headers of ``app.security_headers``). They wait in the request's ASGI state;
 ``app.observability.requests.RequestIdMiddleware``, which already adds ``X-Request-ID`` to every
 response, adds them too."""
 

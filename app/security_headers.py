@@ -15,7 +15,9 @@ Frame denial and a Content-Security-Policy belong to the HTML: the pages (``PAGE
 ``/docs`` (``docs_csp``, with the nonce of its one inline script).
 """
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.response_headers import add_response_headers
 
 NO_STORE_PREFIXES = ("/channels/", "/api/")
 HSTS = "max-age=31536000"
@@ -44,24 +46,20 @@ FRAME_DENIAL = {"X-Frame-Options": "DENY"}
 
 
 class SecurityHeadersMiddleware:
+    """Decides the request's security headers and leaves them pending
+    (``app.response_headers``): ``RequestIdMiddleware``, inside this one, writes them into
+    whatever response goes out, its own 500 of last resort included; a response's own header
+    of the same name wins."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        added = [(b"x-content-type-options", b"nosniff")]
-        if scope["path"].startswith(NO_STORE_PREFIXES):
-            added.append((b"cache-control", b"no-store"))
-        if scope.get("scheme") == "https":
-            added.append((b"strict-transport-security", HSTS.encode()))
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                message = {**message, "headers": [*headers, *(h for h in added if h[0] not in present)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        if scope["type"] == "http":
+            headers = {"X-Content-Type-Options": "nosniff"}
+            if scope["path"].startswith(NO_STORE_PREFIXES):
+                headers["Cache-Control"] = "no-store"
+            if scope.get("scheme") == "https":
+                headers["Strict-Transport-Security"] = HSTS
+            add_response_headers(scope.setdefault("state", {}), headers)
+        await self.app(scope, receive, send)
