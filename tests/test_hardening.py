@@ -278,6 +278,7 @@ async def test_an_unexpected_exception_is_a_json_500_with_the_request_id_logged_
     [request_id] = r.headers.get_list("x-request-id")  # once, not once per layer
     assert request_id == sent_id if sent_id else len(request_id) == 32  # the client's, or a new one
     assert r.json() == {"detail": INTERNAL, "request_id": request_id}
+    assert r.headers["x-content-type-options"] == "nosniff"  # the security headers too
     # Logged once, with its traceback and the request id to find it by.
     [record] = errors_logged(caplog)
     assert record.exc_info is not None and record.exc_info[1] is exc
